@@ -1,0 +1,413 @@
+//! The sidecar's configuration (DESIGN §6): a TOML file through the `config`
+//! crate, overridden by `AUTHPROXY__SECTION__KEY` environment variables, then
+//! parsed into typed values. Every error names the file, the key and the
+//! problem; the daemon refuses to start on any of them (exit status 64).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::workload::{Environment, WorkloadId};
+
+/// Shortest access-token lifetime a config may set.
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(30);
+/// Longest access-token lifetime a config may set.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Shortest grant lifetime a config may set.
+pub const MIN_GRANT_TTL: Duration = Duration::from_secs(60);
+/// Longest grant lifetime a config may set.
+pub const MAX_GRANT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file is missing, not TOML, has an unknown key or a value of the wrong kind.
+    #[error("{file}: {message}")]
+    Load {
+        /// The config file.
+        file: PathBuf,
+        /// What the loader said.
+        message: String,
+    },
+    /// A key has a value outside what it allows.
+    #[error("{file}: `{key}` {problem}")]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// The dotted key, e.g. `tokens.ttl`.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// The whole sidecar configuration, validated.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// The file it was loaded from (for error messages on reload).
+    pub file: PathBuf,
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[workload]`
+    pub workload: WorkloadConfig,
+    /// `[tokens]`
+    pub tokens: TokensConfig,
+    /// `[trust]`
+    pub trust: TrustConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Address to bind; loopback by default.
+    pub listen: SocketAddr,
+    /// Answer token requests from non-loopback peers. Off by default: the
+    /// sidecar serves the code in its own container only.
+    pub allow_remote_peers: bool,
+}
+
+/// `[workload]`
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkloadConfig {
+    /// Which workload this sidecar serves.
+    pub id: WorkloadId,
+    /// The environment its tokens are bound to.
+    pub environment: Environment,
+    /// The project's declarations file.
+    pub declarations: PathBuf,
+}
+
+/// `[tokens]`
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TokensConfig {
+    /// `iss` of grants and tokens.
+    pub issuer: String,
+    /// `aud` of access tokens: the upstream API's identifier.
+    pub audience: String,
+    /// Access-token lifetime, 30 s – 1 h.
+    pub ttl: Duration,
+    /// Hand out the same token again for the same scopes while at least half
+    /// of its lifetime remains.
+    pub reuse: bool,
+}
+
+/// Where the sidecar's grant comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustMode {
+    /// A root key under `state_dir`; the sidecar issues its own grant.
+    Embedded,
+}
+
+/// `[trust]`
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TrustConfig {
+    /// Where the grant comes from.
+    pub mode: TrustMode,
+    /// Directory holding the embedded root key.
+    pub state_dir: PathBuf,
+    /// Grant lifetime, 1 m – 30 d.
+    pub grant_ttl: Duration,
+}
+
+// The raw shapes: strings as written, checked below so that errors can name
+// the key. `deny_unknown_fields` turns a typo into an error instead of a
+// silently ignored setting.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    server: RawServer,
+    workload: Option<RawWorkload>,
+    #[serde(default)]
+    tokens: RawTokens,
+    #[serde(default)]
+    trust: RawTrust,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    allow_remote_peers: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    id: Option<String>,
+    environment: Option<String>,
+    declarations: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    issuer: Option<String>,
+    audience: Option<String>,
+    ttl: Option<String>,
+    reuse: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    mode: Option<String>,
+    state_dir: Option<String>,
+    grant_ttl: Option<String>,
+}
+
+impl Config {
+    /// Loads `file`, applies `AUTHPROXY__SECTION__KEY` overrides from the
+    /// process environment, and validates every key.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(
+        file: &Path,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let load_err = |message: String| ConfigError::Load {
+            file: file.to_owned(),
+            message,
+        };
+        if !file.is_file() {
+            return Err(load_err("config file not found".into()));
+        }
+        let environment = ::config::Environment::with_prefix("AUTHPROXY")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(env);
+        let raw: Raw = ::config::Config::builder()
+            .add_source(::config::File::from(file).format(::config::FileFormat::Toml))
+            .add_source(environment)
+            .build()
+            .and_then(::config::Config::try_deserialize)
+            .map_err(|e| load_err(e.to_string()))?;
+        Self::validate(file, raw)
+    }
+
+    fn validate(file: &Path, raw: Raw) -> Result<Self, ConfigError> {
+        let invalid = |key: &'static str, problem: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key,
+            problem,
+        };
+        let required = |key: &'static str, v: Option<String>| {
+            v.filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| invalid(key, "is required".into()))
+        };
+
+        let listen = raw.server.listen.unwrap_or_else(|| "127.0.0.1:8200".into());
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("`{listen}` is not an IP:PORT socket address"),
+            )
+        })?;
+
+        let w = raw.workload.unwrap_or_default();
+        let id = required("workload.id", w.id)?;
+        let id = id
+            .parse::<WorkloadId>()
+            .map_err(|e| invalid("workload.id", e.to_string()))?;
+        let environment = required("workload.environment", w.environment)?;
+        let environment = Environment::parse(&environment)
+            .map_err(|e| invalid("workload.environment", e.to_string()))?;
+        let declarations = PathBuf::from(required("workload.declarations", w.declarations)?);
+
+        let issuer = raw
+            .tokens
+            .issuer
+            .unwrap_or_else(|| "urn:authproxy:dev".into());
+        if issuer.trim().is_empty() {
+            return Err(invalid("tokens.issuer", "must not be empty".into()));
+        }
+        let audience = required("tokens.audience", raw.tokens.audience)?;
+        let ttl = duration_in(
+            raw.tokens.ttl.as_deref().unwrap_or("5m"),
+            MIN_TOKEN_TTL,
+            MAX_TOKEN_TTL,
+        )
+        .map_err(|p| invalid("tokens.ttl", p))?;
+
+        let mode = match raw.trust.mode.as_deref().unwrap_or("embedded") {
+            "embedded" => TrustMode::Embedded,
+            "remote" => {
+                return Err(invalid(
+                    "trust.mode",
+                    "= \"remote\" is not supported by this build yet; use \"embedded\"".into(),
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    "trust.mode",
+                    format!("`{other}` is not one of: embedded, remote"),
+                ));
+            }
+        };
+        let grant_ttl = duration_in(
+            raw.trust.grant_ttl.as_deref().unwrap_or("24h"),
+            MIN_GRANT_TTL,
+            MAX_GRANT_TTL,
+        )
+        .map_err(|p| invalid("trust.grant_ttl", p))?;
+
+        Ok(Self {
+            file: file.to_owned(),
+            server: ServerConfig {
+                listen,
+                allow_remote_peers: raw.server.allow_remote_peers.unwrap_or(false),
+            },
+            workload: WorkloadConfig {
+                id,
+                environment,
+                declarations,
+            },
+            tokens: TokensConfig {
+                issuer,
+                audience,
+                ttl,
+                reuse: raw.tokens.reuse.unwrap_or(true),
+            },
+            trust: TrustConfig {
+                mode,
+                state_dir: PathBuf::from(
+                    raw.trust.state_dir.unwrap_or_else(|| ".authproxy".into()),
+                ),
+                grant_ttl,
+            },
+        })
+    }
+}
+
+/// Parses `30s`, `5m`, `1h30m`, `24h` (humantime), or bare seconds, and
+/// checks it lies in `[min, max]`.
+fn duration_in(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = match s.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s.trim())
+            .map_err(|e| format!("`{s}` is not a duration like 30s, 5m or 1h ({e})"))?,
+    };
+    if d < min || d > max {
+        return Err(format!(
+            "= {s} is out of range: allowed {} to {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn write(body: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::fs::write(f.path(), body).unwrap();
+        f
+    }
+
+    const MINIMAL: &str = "[workload]\nid = \"app/web\"\nenvironment = \"main\"\ndeclarations = \"p.yaml\"\n[tokens]\naudience = \"https://api\"\n";
+
+    fn load(body: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let f = write(body);
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with_env(f.path(), Some(env))
+    }
+
+    fn error_of(body: &str, env: &[(&str, &str)]) -> String {
+        load(body, env).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_set() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8200");
+        assert!(!c.server.allow_remote_peers);
+        assert_eq!(c.tokens.ttl, Duration::from_secs(300));
+        assert!(c.tokens.reuse);
+        assert_eq!(c.trust.grant_ttl, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn the_shipped_config_is_valid() {
+        let c = Config::load_with_env(Path::new("config/authproxy.toml"), Some(HashMap::new()))
+            .unwrap();
+        assert_eq!(c.workload.id.to_string(), "app/web");
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("AUTHPROXY__WORKLOAD__ID", "task/notify"),
+                ("AUTHPROXY__TOKENS__TTL", "90s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.workload.id.to_string(), "task/notify");
+        assert_eq!(c.tokens.ttl, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn ttl_outside_30s_to_1h_is_refused_naming_the_key() {
+        for ttl in ["29s", "2h", "0"] {
+            let e = error_of(MINIMAL, &[("AUTHPROXY__TOKENS__TTL", ttl)]);
+            assert!(
+                e.contains("`tokens.ttl`") && e.contains("out of range"),
+                "{e}"
+            );
+        }
+        let e = error_of(MINIMAL, &[("AUTHPROXY__TOKENS__TTL", "soon")]);
+        assert!(
+            e.contains("`tokens.ttl`") && e.contains("not a duration"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_and_malformed_keys_are_named() {
+        let e = error_of("[tokens]\naudience = \"x\"\n", &[]);
+        assert!(e.contains("`workload.id` is required"), "{e}");
+        let e = error_of(MINIMAL, &[("AUTHPROXY__WORKLOAD__ID", "cron/web/x")]);
+        assert!(e.contains("`workload.id`"), "{e}");
+        let e = error_of(MINIMAL, &[("AUTHPROXY__SERVER__LISTEN", "localhost")]);
+        assert!(e.contains("`server.listen`"), "{e}");
+        let e = error_of(MINIMAL, &[("AUTHPROXY__TRUST__MODE", "cloud")]);
+        assert!(e.contains("`trust.mode`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = error_of(&format!("{MINIMAL}ttl_typo = 1\n"), &[]);
+        assert!(e.contains("ttl_typo"), "{e}");
+        let e = error_of(&format!("{MINIMAL}[proxyy]\nupstream = \"x\"\n"), &[]);
+        assert!(e.contains("proxyy"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let e = Config::load(Path::new("/nonexistent/authproxy.toml")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("/nonexistent/authproxy.toml:"),
+            "{e}"
+        );
+    }
+}

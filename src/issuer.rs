@@ -1,0 +1,163 @@
+//! The embedded issuer: a root key kept under `trust.state_dir`, used to sign
+//! this sidecar's grant (DESIGN §1, embedded mode).
+//!
+//! The root key is the one secret that can mint any grant, so its file is
+//! created 0600 inside a 0700 directory, and the sidecar refuses to start if
+//! the file has become readable by group or others.
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use crate::keys::{KeyError, SigningKey};
+
+/// File name of the root key inside the state directory.
+pub const ROOT_KEY_FILE: &str = "root-key.pem";
+
+/// Why the root key could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssuerError {
+    /// The state directory or key file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The key file's permissions let others read it.
+    #[error(
+        "{path}: mode {mode:04o} lets group or others read the root key; run `chmod 600 {path}`"
+    )]
+    InsecurePermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// The key file does not hold an Ed25519 PKCS#8 key.
+    #[error("{path}: {source}")]
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: KeyError,
+    },
+}
+
+/// Loads the root key from `state_dir/root-key.pem`, creating the directory
+/// (0700) and the key (0600) on first start.
+pub fn load_or_create_root_key(state_dir: &Path) -> Result<SigningKey, IssuerError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| IssuerError::Io { path, source }
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(io(state_dir))?;
+    let path = state_dir.join(ROOT_KEY_FILE);
+    if !path.exists() {
+        create_key_file(&path)?;
+    }
+    let meta = fs::metadata(&path).map_err(io(&path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(IssuerError::InsecurePermissions { path, mode });
+    }
+    let pem = fs::read(&path).map_err(io(&path))?;
+    SigningKey::from_pkcs8_pem(&pem).map_err(|source| IssuerError::BadKey { path, source })
+}
+
+/// Writes a new key to a private temporary file, then hard-links it into
+/// place: the link fails if another process won the race, so two sidecars
+/// starting together end up sharing one complete key, never a half-written one.
+fn create_key_file(path: &Path) -> Result<(), IssuerError> {
+    let io = |p: &Path| {
+        let p = p.to_owned();
+        move |source| IssuerError::Io { path: p, source }
+    };
+    let key = SigningKey::generate().map_err(|source| IssuerError::BadKey {
+        path: path.to_owned(),
+        source,
+    })?;
+    let pem = key.to_pkcs8_pem().map_err(|source| IssuerError::BadKey {
+        path: path.to_owned(),
+        source,
+    })?;
+    let tmp = path.with_extension(format!("pem.{}.tmp", std::process::id()));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(pem.as_bytes()).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(IssuerError::Io {
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_key_is_created_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let a = load_or_create_root_key(&state).unwrap();
+        let mode = fs::metadata(state.join(ROOT_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let b = load_or_create_root_key(&state).unwrap();
+        assert_eq!(a.public().thumbprint(), b.public().thumbprint());
+    }
+
+    #[test]
+    fn a_key_readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        load_or_create_root_key(dir.path()).unwrap();
+        let path = dir.path().join(ROOT_KEY_FILE);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let e = load_or_create_root_key(dir.path()).unwrap_err();
+        assert!(
+            matches!(e, IssuerError::InsecurePermissions { mode: 0o640, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("chmod 600"));
+    }
+
+    #[test]
+    fn a_corrupt_key_file_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ROOT_KEY_FILE);
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap()
+            .write_all(b"not a key")
+            .unwrap();
+        let e = load_or_create_root_key(dir.path()).unwrap_err();
+        assert!(e.to_string().contains(ROOT_KEY_FILE), "{e}");
+    }
+}

@@ -1,0 +1,29 @@
+//! authproxy: a sidecar that mints short-lived, scoped JWT access tokens for
+//! the workload in its container, and the pieces an upstream API needs to
+//! verify them.
+//!
+//! # Layout
+//! - [`authorization`] — `type:action[:resource]` authorizations and scope sets.
+//! - [`workload`] — workload ids (`app/web`, `worker/web/queue`, `task/x`) and environments.
+//! - [`declarations`] — the project's YAML declarations and the inheritance rules.
+//! - [`config`] — the sidecar's TOML configuration, validated into typed values.
+//! - [`keys`] — Ed25519 keys, JWKs, RFC 7638 thumbprints, signing.
+//! - [`issuer`] — the embedded issuer's root key file.
+//! - [`grant`] — root-signed grants binding a sidecar key to a workload.
+//! - [`token`] — RFC 9068 access tokens minted under a grant.
+//! - [`sidecar`] — the sidecar's state: key, grant, reuse cache, renewal.
+//! - [`server`] — the sidecar's HTTP routes and `run`.
+
+pub mod authorization;
+pub mod config;
+pub mod declarations;
+pub mod grant;
+pub mod issuer;
+pub mod keys;
+pub mod server;
+pub mod sidecar;
+pub mod token;
+pub mod workload;
+
+pub use authorization::{Authorization, Name, ScopeSet};
+pub use workload::{Environment, WorkloadId};

@@ -1,0 +1,388 @@
+//! The sidecar's HTTP surface (DESIGN §4): the token endpoint, discovery
+//! documents and health probes.
+//!
+//! [`run`] takes an already bound listener and any shutdown future, so tests
+//! bind `127.0.0.1:0` and the binary binds the configured address.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::authorization::ScopeSet;
+use crate::sidecar::Sidecar;
+use crate::token::MintError;
+
+/// Largest token request body accepted (413 above).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Shortest lifetime a caller may ask for with `x-token-ttl`.
+pub const MIN_REQUESTED_TTL: u64 = 30;
+/// How often a failed grant renewal is retried.
+const RENEW_RETRY: Duration = Duration::from_secs(10);
+
+/// A refused token request, mapped to RFC 6749 §5.2 JSON.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Return `400 Bad Request`, `invalid_request`.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Return `400 Bad Request`, `unsupported_grant_type`.
+    #[error("{0}")]
+    UnsupportedGrantType(String),
+    /// Return `400 Bad Request`, `invalid_scope`.
+    #[error("{0}")]
+    InvalidScope(String),
+    /// Return `403 Forbidden`, `access_denied`: the request does not come
+    /// from a local workload (proxied, from a browser, or a remote peer).
+    #[error("{0}")]
+    AccessDenied(String),
+    /// Return `413 Payload Too Large`, `invalid_request`.
+    #[error("request body exceeds {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    /// Return `503 Service Unavailable`, `temporarily_unavailable`: no valid grant.
+    #[error("the sidecar holds no valid grant right now; retry shortly")]
+    Unavailable,
+    /// Return `500 Internal Server Error`, `server_error`; the detail is
+    /// logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl TokenError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::UnsupportedGrantType(_) => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+            Self::InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            Self::AccessDenied(_) => (StatusCode::FORBIDDEN, "access_denied"),
+            Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        }
+    }
+}
+
+impl IntoResponse for TokenError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        if let Self::Internal(detail) = &self {
+            tracing::error!(%detail, "token endpoint failure");
+        } else {
+            tracing::debug!(error = code, reason = %self, "token request refused");
+        }
+        no_store_json(
+            status,
+            &json!({"error": code, "error_description": self.to_string()}),
+        )
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    sidecar: Arc<Sidecar>,
+    base_url: Arc<str>,
+}
+
+/// The sidecar's routes, for a sidecar reachable at `base_url`
+/// (e.g. `http://127.0.0.1:8200`), used in the discovery document.
+pub fn router(sidecar: Arc<Sidecar>, base_url: &str) -> Router {
+    let state = AppState {
+        sidecar,
+        base_url: base_url.trim_end_matches('/').into(),
+    };
+    Router::new()
+        .route(
+            "/oauth2/token",
+            post(token).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Serves the sidecar on `listener` until `shutdown` completes, then drains
+/// in-flight requests. Also runs grant renewal for as long as it serves.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    sidecar: Arc<Sidecar>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    let renewal = tokio::spawn(Arc::clone(&sidecar).renew_forever(RENEW_RETRY));
+    let app = router(sidecar, &format!("http://{addr}"));
+    tracing::info!(listen = %addr, "authproxy sidecar listening");
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    renewal.abort();
+    served
+}
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+fn no_store_json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    let mut res = (status, axum::Json(body)).into_response();
+    let h = res.headers_mut();
+    // RFC 6749 §5.1: token responses (and their errors) must not be cached.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    res
+}
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: u64,
+    scope: &'a str,
+}
+
+async fn token(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, TokenError> {
+    let sidecar = &state.sidecar;
+    // The sidecar serves the code in its own container. A non-loopback peer
+    // is someone else on the network; a proxied request (Forwarded /
+    // X-Forwarded-For) is a relay for someone else; an Origin header means a
+    // browser page (possibly hostile) is making the call. None get a token.
+    if !peer.ip().is_loopback() && !sidecar.config().server.allow_remote_peers {
+        return Err(TokenError::AccessDenied(
+            "tokens are issued to local workloads only".into(),
+        ));
+    }
+    for h in ["forwarded", "x-forwarded-for"] {
+        if headers.contains_key(h) {
+            return Err(TokenError::AccessDenied(format!(
+                "proxied requests ({h} header) are refused: tokens are issued to local workloads only"
+            )));
+        }
+    }
+    if headers.contains_key(header::ORIGIN) {
+        return Err(TokenError::AccessDenied(
+            "requests from browsers (Origin header) are refused".into(),
+        ));
+    }
+
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            TokenError::TooLarge
+        } else {
+            TokenError::InvalidRequest(format!("could not read the request body: {e}"))
+        }
+    })?;
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if form_type != Some(true) {
+        return Err(TokenError::InvalidRequest(
+            "the body must be application/x-www-form-urlencoded".into(),
+        ));
+    }
+    let form = Form::parse(&body)?;
+
+    match form.grant_type.as_deref() {
+        None => return Err(TokenError::InvalidRequest("missing grant_type".into())),
+        Some("client_credentials") => {}
+        Some(other) => {
+            return Err(TokenError::UnsupportedGrantType(format!(
+                "grant_type `{other}` is not supported; use client_credentials"
+            )));
+        }
+    }
+    // Client credentials are accepted and ignored (the workload is known by
+    // where the request comes from), but RFC 6749 §2.3.1 forbids using two
+    // authentication methods at once: that is a malformed request.
+    if form.client_secret.is_some() && headers.contains_key(header::AUTHORIZATION) {
+        return Err(TokenError::InvalidRequest(
+            "client authenticated twice (Authorization header and client_secret)".into(),
+        ));
+    }
+
+    let ttl_secs = requested_ttl(&headers, form.ttl.as_deref(), sidecar)?;
+    let scope = requested_scope(form.scope.as_deref(), sidecar)?;
+
+    let at = now();
+    if !sidecar.is_ready(at) {
+        return Err(TokenError::Unavailable);
+    }
+    let issued = sidecar.issue(&scope, ttl_secs, at).map_err(|e| match e {
+        MintError::GrantNotValid => TokenError::Unavailable,
+        MintError::BeyondGrant => TokenError::InvalidScope("scope exceeds the grant".into()),
+        other => TokenError::Internal(other.to_string()),
+    })?;
+    let c = &issued.minted.claims;
+    if issued.reused {
+        tracing::debug!(jti = %c.jti, sub = %c.sub, scope = %c.scope, exp = c.exp, "token reused");
+    } else {
+        // The audit line: who got which scopes until when. Never the token.
+        tracing::info!(jti = %c.jti, sub = %c.sub, scope = %c.scope, exp = c.exp, "token issued");
+    }
+    Ok(no_store_json(
+        StatusCode::OK,
+        &TokenResponse {
+            access_token: &issued.minted.token,
+            token_type: "Bearer",
+            expires_in: c.exp.saturating_sub(at),
+            scope: &c.scope,
+        },
+    ))
+}
+
+/// The parameters of a token request that authproxy reads.
+#[derive(Default)]
+struct Form {
+    grant_type: Option<String>,
+    scope: Option<String>,
+    client_secret: Option<String>,
+    ttl: Option<String>,
+}
+
+impl Form {
+    fn parse(body: &[u8]) -> Result<Self, TokenError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|e| TokenError::InvalidRequest(format!("malformed form body: {e}")))?;
+        let mut form = Self::default();
+        for (k, v) in pairs {
+            let slot = match k.as_str() {
+                "grant_type" => &mut form.grant_type,
+                "scope" => &mut form.scope,
+                "client_secret" => &mut form.client_secret,
+                "x-token-ttl" => &mut form.ttl,
+                // client_id and unknown parameters are ignored (RFC 6749 §3.2).
+                _ => continue,
+            };
+            // RFC 6749 §3.2: parameters must not be repeated. A second
+            // `scope` silently winning is exactly the ambiguity that gets
+            // exploited, so refuse it.
+            if slot.replace(v).is_some() {
+                return Err(TokenError::InvalidRequest(format!(
+                    "parameter `{k}` is repeated"
+                )));
+            }
+        }
+        Ok(form)
+    }
+}
+
+/// `x-token-ttl` (header or form field), clamped to `[30 s, tokens.ttl]`.
+fn requested_ttl(
+    headers: &HeaderMap,
+    form_ttl: Option<&str>,
+    sidecar: &Sidecar,
+) -> Result<u64, TokenError> {
+    let max = sidecar.config().tokens.ttl.as_secs();
+    let header_ttl = match headers.get("x-token-ttl") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| TokenError::InvalidRequest("x-token-ttl is not text".into()))?,
+        ),
+        None => None,
+    };
+    let raw = match (header_ttl, form_ttl) {
+        (Some(_), Some(_)) => {
+            return Err(TokenError::InvalidRequest(
+                "x-token-ttl given both as a header and as a form field".into(),
+            ));
+        }
+        (Some(v), None) | (None, Some(v)) => v,
+        (None, None) => return Ok(max),
+    };
+    let secs: u64 = raw.trim().parse().map_err(|_| {
+        TokenError::InvalidRequest(format!("x-token-ttl `{raw}` is not a number of seconds"))
+    })?;
+    Ok(secs.clamp(MIN_REQUESTED_TTL.min(max), max))
+}
+
+/// The requested scopes, which must all be declared; absent or blank means
+/// everything declared.
+fn requested_scope(scope: Option<&str>, sidecar: &Sidecar) -> Result<ScopeSet, TokenError> {
+    let ceiling = sidecar.ceiling();
+    let id = &sidecar.config().workload.id;
+    if ceiling.is_empty() {
+        return Err(TokenError::InvalidScope(format!(
+            "{id} declares no authorizations, so no token can be issued for it"
+        )));
+    }
+    let requested = match scope.map(str::trim) {
+        None | Some("") => return Ok(ceiling.clone()),
+        Some(s) => ScopeSet::parse(s).map_err(|e| TokenError::InvalidScope(e.to_string()))?,
+    };
+    let beyond: Vec<String> = requested
+        .iter()
+        .filter(|a| !ceiling.covers(a))
+        .map(ToString::to_string)
+        .collect();
+    if !beyond.is_empty() {
+        return Err(TokenError::InvalidScope(format!(
+            "not declared for {id}: {}",
+            beyond.join(" ")
+        )));
+    }
+    Ok(requested)
+}
+
+async fn jwks(State(state): State<AppState>) -> Response {
+    axum::Json(state.sidecar.jwks()).into_response()
+}
+
+async fn metadata(State(state): State<AppState>) -> Response {
+    let base = &state.base_url;
+    let scopes: Vec<String> = state
+        .sidecar
+        .ceiling()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    axum::Json(json!({
+        "issuer": state.sidecar.config().tokens.issuer,
+        "token_endpoint": format!("{base}/oauth2/token"),
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
+        "scopes_supported": scopes,
+    }))
+    .into_response()
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.sidecar.is_ready(now()) {
+        axum::Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "no valid grant"})),
+        )
+            .into_response()
+    }
+}

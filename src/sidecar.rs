@@ -1,0 +1,236 @@
+//! The sidecar's state: its ephemeral key, its current grant, the token
+//! reuse cache, and grant renewal. HTTP lives in [`crate::server`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use jsonwebtoken::jwk::JwkSet;
+
+use crate::authorization::ScopeSet;
+use crate::config::{Config, TrustMode};
+use crate::declarations::{Declarations, DeclarationsError};
+use crate::grant::{Grant, GrantRequest};
+use crate::issuer::{IssuerError, load_or_create_root_key};
+use crate::keys::{KeyError, SigningKey, jwk_set};
+use crate::token::{MintError, Minted, mint};
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartupError {
+    /// The declarations file is unreadable or invalid.
+    #[error(transparent)]
+    Declarations(#[from] DeclarationsError),
+    /// `workload.id` is not declared.
+    #[error("{config}: `workload.id` = {id} is not declared in {declarations}")]
+    Undeclared {
+        /// The config file.
+        config: PathBuf,
+        /// The workload id.
+        id: String,
+        /// The declarations file.
+        declarations: PathBuf,
+    },
+    /// The root key could not be loaded or created.
+    #[error(transparent)]
+    Issuer(#[from] IssuerError),
+    /// Key generation or the crypto self-test failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// Most distinct (scope, ttl) entries the reuse cache holds before it sweeps.
+const CACHE_SWEEP_AT: usize = 64;
+
+/// A running sidecar's state. Cheap to share behind an `Arc`.
+pub struct Sidecar {
+    config: Config,
+    ceiling: ScopeSet,
+    root: SigningKey,
+    key: SigningKey,
+    grant: RwLock<Arc<Grant>>,
+    cache: Mutex<HashMap<(String, u64), Arc<Minted>>>,
+}
+
+impl std::fmt::Debug for Sidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sidecar")
+            .field("workload", &self.config.workload.id.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of a token request.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The token and its claims.
+    pub minted: Arc<Minted>,
+    /// True when a cached token was handed out again.
+    pub reused: bool,
+}
+
+impl Sidecar {
+    /// Builds the sidecar: loads the declarations, checks the workload is
+    /// declared, opens the embedded root key, generates the in-memory
+    /// sidecar key and obtains the first grant.
+    pub fn start(config: Config, now: u64) -> Result<Self, StartupError> {
+        crate::keys::self_test()?;
+        let declarations = Declarations::load(&config.workload.declarations)?;
+        let ceiling = declarations
+            .get(&config.workload.id)
+            .ok_or_else(|| StartupError::Undeclared {
+                config: config.file.clone(),
+                id: config.workload.id.to_string(),
+                declarations: config.workload.declarations.clone(),
+            })?
+            .authorizations
+            .clone();
+        let root = match config.trust.mode {
+            TrustMode::Embedded => load_or_create_root_key(&config.trust.state_dir)?,
+        };
+        // The sidecar key lives in memory only: it is never written anywhere,
+        // so it dies with the process.
+        let key = SigningKey::generate()?;
+        let grant = issue_grant(&config, &ceiling, &root, &key, now)?;
+        Ok(Self {
+            config,
+            ceiling,
+            root,
+            key,
+            grant: RwLock::new(Arc::new(grant)),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The workload's declared authorizations (the grant's ceiling).
+    pub fn ceiling(&self) -> &ScopeSet {
+        &self.ceiling
+    }
+
+    /// The current grant.
+    pub fn grant(&self) -> Arc<Grant> {
+        match self.grant.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// The trusted root public keys, as an upstream needs them.
+    pub fn jwks(&self) -> JwkSet {
+        jwk_set([self.root.public()])
+    }
+
+    /// Ready means: holds a grant valid now.
+    pub fn is_ready(&self, now: u64) -> bool {
+        self.grant().is_valid_at(now)
+    }
+
+    /// Replaces the grant with a fresh one and drops the reuse cache.
+    pub fn renew_grant(&self, now: u64) -> Result<(), StartupError> {
+        let grant = issue_grant(&self.config, &self.ceiling, &self.root, &self.key, now)?;
+        tracing::info!(jti = %grant.claims().jti, exp = grant.claims().exp, "grant renewed");
+        match self.grant.write() {
+            Ok(mut g) => *g = Arc::new(grant),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(grant),
+        }
+        self.lock_cache().clear();
+        Ok(())
+    }
+
+    /// Hands out a token for `scope` (already checked against the ceiling by
+    /// the caller, and again by [`mint`]) with a lifetime of `ttl_secs`.
+    ///
+    /// With `tokens.reuse` on, a token minted earlier for the same scope and
+    /// lifetime is returned again while at least half of its life remains.
+    pub fn issue(&self, scope: &ScopeSet, ttl_secs: u64, now: u64) -> Result<Issued, MintError> {
+        let cache_key = (scope.to_string(), ttl_secs);
+        if self.config.tokens.reuse {
+            if let Some(hit) = self.lock_cache().get(&cache_key) {
+                let c = &hit.claims;
+                let life = c.exp.saturating_sub(c.iat);
+                if c.exp.saturating_sub(now) * 2 >= life && now >= c.iat {
+                    return Ok(Issued {
+                        minted: Arc::clone(hit),
+                        reused: true,
+                    });
+                }
+            }
+        }
+        let grant = self.grant();
+        let minted = Arc::new(mint(
+            &self.key,
+            &grant,
+            &self.config.tokens.audience,
+            scope,
+            ttl_secs,
+            now,
+        )?);
+        if self.config.tokens.reuse {
+            let mut cache = self.lock_cache();
+            if cache.len() >= CACHE_SWEEP_AT {
+                cache.retain(|_, m| m.claims.exp > now);
+                if cache.len() >= CACHE_SWEEP_AT {
+                    cache.clear();
+                }
+            }
+            cache.insert(cache_key, Arc::clone(&minted));
+        }
+        Ok(Issued {
+            minted,
+            reused: false,
+        })
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Arc<Minted>>> {
+        // A panic while holding the lock cannot leave the map inconsistent
+        // (every operation on it is a single call), so recover from poison.
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Renews the grant two thirds into its life, forever; retries every
+    /// `retry` on failure. Run it as a background task.
+    pub async fn renew_forever(self: Arc<Self>, retry: Duration) {
+        loop {
+            let now = jsonwebtoken::get_current_timestamp();
+            let due = self.grant().renew_at();
+            if due > now {
+                tokio::time::sleep(Duration::from_secs(due - now)).await;
+                continue;
+            }
+            if let Err(e) = self.renew_grant(jsonwebtoken::get_current_timestamp()) {
+                tracing::error!(error = %e, "grant renewal failed; retrying");
+                tokio::time::sleep(retry).await;
+            }
+        }
+    }
+}
+
+fn issue_grant(
+    config: &Config,
+    ceiling: &ScopeSet,
+    root: &SigningKey,
+    key: &SigningKey,
+    now: u64,
+) -> Result<Grant, KeyError> {
+    Grant::issue(
+        root,
+        GrantRequest {
+            issuer: &config.tokens.issuer,
+            workload: &config.workload.id,
+            environment: &config.workload.environment,
+            ceiling,
+            sidecar_key: key.public(),
+            ttl_secs: config.trust.grant_ttl.as_secs(),
+        },
+        now,
+    )
+}
