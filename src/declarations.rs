@@ -350,10 +350,10 @@ impl Walker {
         };
         for (i, item) in items.iter().enumerate() {
             let ipath = format!("{path}[{i}]");
-            if let Some(a) = self.authorization(item, &ipath, tasks) {
-                if !set.insert(a.clone()) {
-                    self.problem(&ipath, format!("duplicate authorization `{a}`"));
-                }
+            if let Some(a) = self.authorization(item, &ipath, tasks)
+                && !set.insert(a.clone())
+            {
+                self.problem(&ipath, format!("duplicate authorization `{a}`"));
             }
         }
         set
@@ -414,14 +414,14 @@ impl Walker {
         };
         match Authorization::from_parts(&kind, &action, resource.as_deref()) {
             Ok(a) => {
-                if let Authorization::TaskOperate(t) = &a {
-                    if !tasks.contains(t) {
-                        self.problem(
-                            &join(path, "resource"),
-                            format!("`{t}` is not a task declared under `tasks`"),
-                        );
-                        return None;
-                    }
+                if let Authorization::TaskOperate(t) = &a
+                    && !tasks.contains(t)
+                {
+                    self.problem(
+                        &join(path, "resource"),
+                        format!("`{t}` is not a task declared under `tasks`"),
+                    );
+                    return None;
                 }
                 Some(a)
             }

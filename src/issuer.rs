@@ -152,6 +152,7 @@ mod tests {
         fs::OpenOptions::new()
             .write(true)
             .create(true)
+            .truncate(true)
             .mode(0o600)
             .open(&path)
             .unwrap()

@@ -151,16 +151,16 @@ impl Sidecar {
     /// lifetime is returned again while at least half of its life remains.
     pub fn issue(&self, scope: &ScopeSet, ttl_secs: u64, now: u64) -> Result<Issued, MintError> {
         let cache_key = (scope.to_string(), ttl_secs);
-        if self.config.tokens.reuse {
-            if let Some(hit) = self.lock_cache().get(&cache_key) {
-                let c = &hit.claims;
-                let life = c.exp.saturating_sub(c.iat);
-                if c.exp.saturating_sub(now) * 2 >= life && now >= c.iat {
-                    return Ok(Issued {
-                        minted: Arc::clone(hit),
-                        reused: true,
-                    });
-                }
+        if self.config.tokens.reuse
+            && let Some(hit) = self.lock_cache().get(&cache_key)
+        {
+            let c = &hit.claims;
+            let life = c.exp.saturating_sub(c.iat);
+            if c.exp.saturating_sub(now) * 2 >= life && now >= c.iat {
+                return Ok(Issued {
+                    minted: Arc::clone(hit),
+                    reused: true,
+                });
             }
         }
         let grant = self.grant();

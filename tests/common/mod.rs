@@ -1,0 +1,168 @@
+//! Test helpers: spawn real sidecars on 127.0.0.1:0 and talk HTTP to them.
+#![allow(
+    dead_code,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)] // test helpers: a failure should panic loudly
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use authproxy::config::Config;
+use authproxy::sidecar::Sidecar;
+use tokio::sync::oneshot;
+
+pub const PROJECT: &str = include_str!("../../config/project.yaml");
+
+/// Options for one test sidecar; `extra` is appended to `[tokens]`.
+pub struct Options<'a> {
+    pub workload: &'a str,
+    pub environment: &'a str,
+    pub declarations: &'a str,
+    pub tokens_extra: &'a str,
+    pub trust_extra: &'a str,
+    pub server_extra: &'a str,
+    /// Share a state dir (and so a root key) with another sidecar.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Self {
+            workload: "app/web",
+            environment: "main",
+            declarations: PROJECT,
+            tokens_extra: "",
+            trust_extra: "",
+            server_extra: "",
+            state_dir: None,
+        }
+    }
+}
+
+pub const AUDIENCE: &str = "https://api.example.internal";
+
+pub struct TestSidecar {
+    pub url: String,
+    pub sidecar: Arc<Sidecar>,
+    pub dir: tempfile::TempDir,
+    pub state_dir: PathBuf,
+    pub config_path: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestSidecar {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl TestSidecar {
+    pub fn token_url(&self) -> String {
+        format!("{}/oauth2/token", self.url)
+    }
+}
+
+/// Writes a config + declarations into a temp dir and returns the config path.
+pub fn write_config(dir: &Path, o: &Options<'_>) -> PathBuf {
+    let decl = dir.join("project.yaml");
+    std::fs::write(&decl, o.declarations).unwrap();
+    let state = o.state_dir.clone().unwrap_or_else(|| dir.join("state"));
+    let cfg = dir.join("authproxy.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n\
+             [workload]\nid = \"{}\"\nenvironment = \"{}\"\ndeclarations = \"{}\"\n\
+             [tokens]\nissuer = \"urn:authproxy:test\"\naudience = \"{AUDIENCE}\"\n{}\n\
+             [trust]\nstate_dir = \"{}\"\n{}\n",
+            o.server_extra,
+            o.workload,
+            o.environment,
+            decl.display(),
+            o.tokens_extra,
+            state.display(),
+            o.trust_extra,
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Starts a sidecar in this process on 127.0.0.1:0.
+pub async fn spawn_sidecar(o: Options<'_>) -> TestSidecar {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), &o);
+    let config = Config::load_with_env(&config_path, Some(Default::default())).unwrap();
+    let state_dir = config.trust.state_dir.clone();
+    let sidecar = Arc::new(Sidecar::start(config, now()).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(authproxy::server::run(
+        listener,
+        Arc::clone(&sidecar),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    TestSidecar {
+        url,
+        sidecar,
+        dir,
+        state_dir,
+        config_path,
+        stop: Some(tx),
+    }
+}
+
+pub fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// POSTs a form to the token endpoint; returns status and JSON body.
+pub async fn request_token(
+    url: &str,
+    form: &[(&str, &str)],
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let res = client()
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(form).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap())
+}
+
+/// Fetches a token for `scope` (all declared if None) and returns it.
+pub async fn token(s: &TestSidecar, scope: Option<&str>) -> String {
+    let mut form = vec![("grant_type", "client_credentials")];
+    if let Some(sc) = scope {
+        form.push(("scope", sc));
+    }
+    let (status, body) = request_token(&s.token_url(), &form).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Decodes a JWT part without verifying anything (tests only).
+pub fn part(token: &str, i: usize) -> serde_json::Value {
+    use base64::Engine as _;
+    let p = token.split('.').nth(i).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap(),
+    )
+    .unwrap()
+}
