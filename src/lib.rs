@@ -13,16 +13,22 @@
 //! - [`token`] — RFC 9068 access tokens minted under a grant.
 //! - [`sidecar`] — the sidecar's state: key, grant, reuse cache, renewal.
 //! - [`server`] — the sidecar's HTTP routes and `run`.
+//! - [`verify`] — verification of a token and its grant; the [`verify::Principal`].
+//! - [`jwks`] — where an upstream's root keys come from, and their refresh.
+//! - [`layer`] — the tower layer an upstream API puts in front of its routes.
 
 pub mod authorization;
 pub mod config;
 pub mod declarations;
 pub mod grant;
 pub mod issuer;
+pub mod jwks;
 pub mod keys;
+pub mod layer;
 pub mod server;
 pub mod sidecar;
 pub mod token;
+pub mod verify;
 pub mod workload;
 
 pub use authorization::{Authorization, Name, ScopeSet};

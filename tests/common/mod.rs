@@ -166,3 +166,71 @@ pub fn part(token: &str, i: usize) -> serde_json::Value {
     )
     .unwrap()
 }
+
+/// Declarations for end-to-end flows: web's queue worker inherits, mailer
+/// overrides with a task scope only.
+pub const E2E_PROJECT: &str = "\
+applications:
+  web:
+    authorizations:
+      - { type: task, action: operate, resource: send-report }
+      - { type: env, action: view }
+    workers:
+      queue: {}
+      mailer:
+        authorizations:
+          - { type: task, action: operate, resource: notify }
+tasks:
+  send-report:
+    authorizations:
+      - { type: task, action: operate, resource: notify }
+  notify: {}
+";
+
+/// Serves `router` on 127.0.0.1:0 until the returned sender is dropped.
+pub async fn serve(router: axum::Router) -> (String, oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    (url, tx)
+}
+
+/// An authorizer trusting `sidecar`'s JWKS URL, for the `main` environment.
+pub async fn authorizer_for(sidecar: &TestSidecar) -> authproxy::layer::Authorizer {
+    authproxy::layer::Authorizer::builder()
+        .jwks_url(format!("{}/.well-known/jwks.json", sidecar.url))
+        .audience(AUDIENCE)
+        .environment("main")
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Sends `method url` with an optional bearer token; returns status, the
+/// WWW-Authenticate header and the JSON body (Null if none).
+pub async fn call(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+) -> (u16, Option<String>, serde_json::Value) {
+    let mut r = client().request(method, url);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let res = r.send().await.unwrap();
+    let status = res.status().as_u16();
+    let www = res
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = res.json().await.unwrap_or(serde_json::Value::Null);
+    (status, www, body)
+}

@@ -1,0 +1,239 @@
+//! Where an upstream's trusted root keys come from: keys in memory, a JWKS
+//! file, or a JWKS URL — with periodic refresh, refetch on an unknown `kid`
+//! (single-flight, at most once per interval), and stale keys kept when a
+//! fetch fails.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm, PublicKeyUse};
+
+use crate::keys::PublicKey;
+use crate::verify::RootKeys;
+
+/// Largest JWKS document accepted.
+const MAX_JWKS_BYTES: usize = 64 * 1024;
+
+/// Why a key set could not be obtained.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwksError {
+    /// Reading the file or fetching the URL failed.
+    #[error("{source_name}: {message}")]
+    Fetch {
+        /// The file or URL.
+        source_name: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The document holds no usable Ed25519 signing key.
+    #[error("{0}: no usable Ed25519 signing key (kty OKP, crv Ed25519, with a kid)")]
+    NoUsableKeys(String),
+}
+
+/// A source of root keys.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// Fixed keys, never refreshed.
+    Static(JwkSet),
+    /// A JWKS file, re-read on refresh.
+    File(PathBuf),
+    /// A JWKS URL (http or https), fetched on refresh.
+    Url(String),
+}
+
+impl KeySource {
+    fn name(&self) -> String {
+        match self {
+            Self::Static(_) => "static keys".into(),
+            Self::File(p) => p.display().to_string(),
+            Self::Url(u) => u.clone(),
+        }
+    }
+}
+
+/// The trusted root keys and how to refresh them.
+pub(crate) struct KeyStore {
+    source: KeySource,
+    client: Option<reqwest::Client>,
+    keys: RwLock<Arc<RootKeys>>,
+    /// Serialises fetches (single-flight) and remembers the last attempt.
+    refetch: tokio::sync::Mutex<Option<Instant>>,
+    min_refetch_interval: Duration,
+}
+
+impl KeyStore {
+    /// Loads the keys once; fails if none is usable.
+    pub(crate) async fn open(
+        source: KeySource,
+        min_refetch_interval: Duration,
+    ) -> Result<Self, JwksError> {
+        let client = match &source {
+            KeySource::Url(_) => Some(
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    // A JWKS endpoint that redirects elsewhere is not followed:
+                    // the trust anchor is the URL configured, nothing else.
+                    .redirect(reqwest::redirect::Policy::none())
+                    .no_proxy()
+                    .build()
+                    .map_err(|e| JwksError::Fetch {
+                        source_name: source.name(),
+                        message: e.to_string(),
+                    })?,
+            ),
+            _ => None,
+        };
+        let store = Self {
+            source,
+            client,
+            keys: RwLock::new(Arc::new(RootKeys::new())),
+            refetch: tokio::sync::Mutex::new(None),
+            min_refetch_interval,
+        };
+        let keys = store.fetch().await?;
+        store.replace(keys);
+        *store.refetch.lock().await = Some(Instant::now());
+        Ok(store)
+    }
+
+    /// The current keys (a cheap snapshot).
+    pub(crate) fn current(&self) -> Arc<RootKeys> {
+        match self.keys.read() {
+            Ok(k) => Arc::clone(&k),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// True if the source can change (file or URL).
+    pub(crate) fn is_refreshable(&self) -> bool {
+        !matches!(self.source, KeySource::Static(_))
+    }
+
+    fn replace(&self, keys: RootKeys) {
+        let keys = Arc::new(keys);
+        match self.keys.write() {
+            Ok(mut k) => *k = keys,
+            Err(p) => *p.into_inner() = keys,
+        }
+    }
+
+    /// Refetches because a token named an unknown root `kid`. Concurrent
+    /// callers wait for one fetch; and whatever the number of unknown kids
+    /// presented, the source is hit at most once per `min_refetch_interval`,
+    /// so a flood of forged kids cannot turn into a fetch storm.
+    /// Returns true when the keys changed.
+    pub(crate) async fn refetch_for_unknown_kid(&self, seen: &Arc<RootKeys>) -> bool {
+        if !self.is_refreshable() {
+            return false;
+        }
+        let mut last = self.refetch.lock().await;
+        if !Arc::ptr_eq(seen, &self.current()) {
+            return true; // someone refreshed while we waited
+        }
+        if last.is_some_and(|t| t.elapsed() < self.min_refetch_interval) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        self.refresh_locked().await
+    }
+
+    /// Periodic refresh (also single-flight with refetches).
+    pub(crate) async fn refresh(&self) -> bool {
+        let mut last = self.refetch.lock().await;
+        *last = Some(Instant::now());
+        self.refresh_locked().await
+    }
+
+    async fn refresh_locked(&self) -> bool {
+        match self.fetch().await {
+            Ok(keys) => {
+                tracing::debug!(source = %self.source.name(), keys = keys.len(), "root keys refreshed");
+                self.replace(keys);
+                true
+            }
+            Err(e) => {
+                // Keep serving with the keys we have: an issuer outage must
+                // not take every upstream down with it.
+                tracing::warn!(error = %e, "root key refresh failed; keeping the current keys");
+                false
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<RootKeys, JwksError> {
+        let name = self.source.name();
+        let fetch_err = |message: String| JwksError::Fetch {
+            source_name: name.clone(),
+            message,
+        };
+        let set: JwkSet = match &self.source {
+            KeySource::Static(set) => set.clone(),
+            KeySource::File(path) => {
+                let bytes = tokio::fs::read(path)
+                    .await
+                    .map_err(|e| fetch_err(e.to_string()))?;
+                parse_jwks(&bytes).map_err(fetch_err)?
+            }
+            KeySource::Url(url) => {
+                let client = self
+                    .client
+                    .as_ref()
+                    .ok_or_else(|| fetch_err("no HTTP client".into()))?;
+                let res = client
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|e| fetch_err(e.to_string()))?;
+                if !res.status().is_success() {
+                    return Err(fetch_err(format!("HTTP {}", res.status())));
+                }
+                if res
+                    .content_length()
+                    .is_some_and(|l| l > MAX_JWKS_BYTES as u64)
+                {
+                    return Err(fetch_err("JWKS document too large".into()));
+                }
+                let bytes = res.bytes().await.map_err(|e| fetch_err(e.to_string()))?;
+                parse_jwks(&bytes).map_err(fetch_err)?
+            }
+        };
+        let keys = usable_keys(&set);
+        if keys.is_empty() {
+            return Err(JwksError::NoUsableKeys(name));
+        }
+        Ok(keys)
+    }
+}
+
+fn parse_jwks(bytes: &[u8]) -> Result<JwkSet, String> {
+    if bytes.len() > MAX_JWKS_BYTES {
+        return Err("JWKS document too large".into());
+    }
+    serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS document: {e}"))
+}
+
+/// Keeps Ed25519 signature keys with a `kid`; skips the rest (an RSA or HMAC
+/// entry in a shared JWKS must never become a way in).
+fn usable_keys(set: &JwkSet) -> RootKeys {
+    let mut out = RootKeys::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
+        let sig_use = matches!(
+            jwk.common.public_key_use,
+            None | Some(PublicKeyUse::Signature)
+        );
+        let eddsa = matches!(jwk.common.key_algorithm, None | Some(KeyAlgorithm::EdDSA));
+        let okp = matches!(jwk.algorithm, AlgorithmParameters::OctetKeyPair(_));
+        if !(sig_use && eddsa && okp) {
+            continue;
+        }
+        if let Some(k) = PublicKey::from_jwk(jwk) {
+            out.insert(kid, k);
+        }
+    }
+    out
+}
