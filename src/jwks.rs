@@ -94,7 +94,8 @@ impl KeyStore {
         };
         let keys = store.fetch().await?;
         store.replace(keys);
-        *store.refetch.lock().await = Some(Instant::now());
+        // The build fetch does not count against the unknown-kid interval:
+        // a root rotated just after start is picked up on its first use.
         Ok(store)
     }
 
@@ -139,10 +140,10 @@ impl KeyStore {
         self.refresh_locked().await
     }
 
-    /// Periodic refresh (also single-flight with refetches).
+    /// Periodic refresh (single-flight with refetches; it does not reset
+    /// the unknown-kid interval).
     pub(crate) async fn refresh(&self) -> bool {
-        let mut last = self.refetch.lock().await;
-        *last = Some(Instant::now());
+        let _guard = self.refetch.lock().await;
         self.refresh_locked().await
     }
 
