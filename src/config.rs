@@ -58,6 +58,30 @@ pub struct Config {
     pub tokens: TokensConfig,
     /// `[trust]`
     pub trust: TrustConfig,
+    /// `[proxy]`, if forward-proxy mode is on.
+    pub proxy: Option<ProxyConfig>,
+    /// `[sink]`, if a token file is kept.
+    pub sink: Option<SinkConfig>,
+}
+
+/// `[proxy]`: forward `/api/*` to an upstream with a token attached.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProxyConfig {
+    /// Base URL of the upstream (http or https, no query or fragment).
+    pub upstream: reqwest::Url,
+    /// How long to wait for the upstream's response headers (default 30 s).
+    pub timeout: Duration,
+}
+
+/// `[sink]`: keep a valid token in a file.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SinkConfig {
+    /// The token file.
+    pub path: PathBuf,
+    /// Its permission bits (default 0640).
+    pub mode: u32,
 }
 
 /// `[server]`
@@ -130,6 +154,22 @@ struct Raw {
     tokens: RawTokens,
     #[serde(default)]
     trust: RawTrust,
+    proxy: Option<RawProxy>,
+    sink: Option<RawSink>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    upstream: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    path: Option<String>,
+    mode: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -263,6 +303,63 @@ impl Config {
         )
         .map_err(|p| invalid("trust.grant_ttl", p))?;
 
+        let proxy = match raw.proxy {
+            None => None,
+            Some(p) => {
+                let upstream = required("proxy.upstream", p.upstream)?;
+                let url = reqwest::Url::parse(&upstream).map_err(|e| {
+                    invalid("proxy.upstream", format!("`{upstream}` is not a URL ({e})"))
+                })?;
+                if !matches!(url.scheme(), "http" | "https")
+                    || url.host().is_none()
+                    || url.query().is_some()
+                    || url.fragment().is_some()
+                {
+                    return Err(invalid(
+                        "proxy.upstream",
+                        format!(
+                            "`{upstream}` must be an http(s) URL with a host and no query or fragment"
+                        ),
+                    ));
+                }
+                let timeout = duration_in(
+                    p.timeout.as_deref().unwrap_or("30s"),
+                    Duration::from_secs(1),
+                    Duration::from_secs(3600),
+                )
+                .map_err(|e| invalid("proxy.timeout", e))?;
+                Some(ProxyConfig {
+                    upstream: url,
+                    timeout,
+                })
+            }
+        };
+        let sink = match raw.sink {
+            None => None,
+            Some(s) => {
+                let path = PathBuf::from(required("sink.path", s.path)?);
+                let mode_text = s.mode.unwrap_or_else(|| "0640".into());
+                let mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| {
+                        invalid(
+                            "sink.mode",
+                            format!("`{mode_text}` is not an octal file mode like \"0640\""),
+                        )
+                    })?;
+                if mode & 0o007 != 0 {
+                    return Err(invalid(
+                        "sink.mode",
+                        format!(
+                            "= {mode_text} lets every local user read the token; drop the \"other\" bits"
+                        ),
+                    ));
+                }
+                Some(SinkConfig { path, mode })
+            }
+        };
+
         Ok(Self {
             file: file.to_owned(),
             server: ServerConfig {
@@ -287,6 +384,8 @@ impl Config {
                 ),
                 grant_ttl,
             },
+            proxy,
+            sink,
         })
     }
 }
@@ -400,6 +499,39 @@ mod tests {
         assert!(e.contains("ttl_typo"), "{e}");
         let e = error_of(&format!("{MINIMAL}[proxyy]\nupstream = \"x\"\n"), &[]);
         assert!(e.contains("proxyy"), "{e}");
+    }
+
+    #[test]
+    fn proxy_and_sink_sections_are_validated() {
+        let c = load(
+            &format!("{MINIMAL}[proxy]\nupstream = \"http://127.0.0.1:8300/v1\"\n[sink]\npath = \"/tmp/t\"\n"),
+            &[],
+        )
+        .unwrap();
+        let p = c.proxy.unwrap();
+        assert_eq!(p.upstream.as_str(), "http://127.0.0.1:8300/v1");
+        assert_eq!(p.timeout, Duration::from_secs(30));
+        assert_eq!(c.sink.unwrap().mode, 0o640);
+        for (extra, key) in [
+            ("[proxy]\nupstream = \"ftp://x\"\n", "`proxy.upstream`"),
+            (
+                "[proxy]\nupstream = \"http://x/?a=1\"\n",
+                "`proxy.upstream`",
+            ),
+            ("[proxy]\n", "`proxy.upstream` is required"),
+            (
+                "[proxy]\nupstream = \"http://x\"\ntimeout = \"0s\"\n",
+                "`proxy.timeout`",
+            ),
+            (
+                "[sink]\npath = \"/tmp/t\"\nmode = \"0644\"\n",
+                "`sink.mode`",
+            ),
+            ("[sink]\npath = \"/tmp/t\"\nmode = \"rw\"\n", "`sink.mode`"),
+        ] {
+            let e = error_of(&format!("{MINIMAL}{extra}"), &[]);
+            assert!(e.contains(key), "{extra}: {e}");
+        }
     }
 
     #[test]

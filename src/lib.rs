@@ -13,11 +13,15 @@
 //! - [`token`] — RFC 9068 access tokens minted under a grant.
 //! - [`sidecar`] — the sidecar's state: key, grant, reuse cache, renewal.
 //! - [`server`] — the sidecar's HTTP routes and `run`.
+//! - [`proxy`] — forward-proxy mode: `/api/*` to the upstream, token attached.
+//! - [`sink`] — keeps a valid token in a file, replaced atomically.
+//! - [`client`] — a client of the token endpoint (`authproxy token`).
 //! - [`verify`] — verification of a token and its grant; the [`verify::Principal`].
 //! - [`jwks`] — where an upstream's root keys come from, and their refresh.
 //! - [`layer`] — the tower layer an upstream API puts in front of its routes.
 
 pub mod authorization;
+pub mod client;
 pub mod config;
 pub mod declarations;
 pub mod grant;
@@ -25,8 +29,10 @@ pub mod issuer;
 pub mod jwks;
 pub mod keys;
 pub mod layer;
+pub mod proxy;
 pub mod server;
 pub mod sidecar;
+pub mod sink;
 pub mod token;
 pub mod verify;
 pub mod workload;

@@ -43,6 +43,33 @@ enum Command {
         #[arg(long, short)]
         declarations: Option<PathBuf>,
     },
+    /// Fetch a token from the local sidecar and print it (for scripts and crons).
+    Token {
+        /// The sidecar's base URL.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8200",
+            env = "AUTHPROXY_ENDPOINT"
+        )]
+        endpoint: String,
+        /// A scope to ask for (repeatable); all declared when absent.
+        #[arg(long = "scope", short)]
+        scopes: Vec<String>,
+        /// What to print.
+        #[arg(long, value_enum, default_value_t = Format::Raw)]
+        format: Format,
+    },
+}
+
+/// Output of `authproxy token`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    /// The token alone.
+    Raw,
+    /// The token endpoint's JSON response.
+    Json,
+    /// `Authorization: Bearer <token>`, for `curl -H "$(authproxy token --format header)"`.
+    Header,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +80,11 @@ fn main() -> ExitCode {
             config,
             declarations,
         } => check(config, declarations),
+        Command::Token {
+            endpoint,
+            scopes,
+            format,
+        } => token(&endpoint, &scopes, format),
     }
 }
 
@@ -166,4 +198,31 @@ fn check(config: Option<PathBuf>, declarations: Option<PathBuf>) -> ExitCode {
         println!("\n{}: OK", path.display());
     }
     ExitCode::SUCCESS
+}
+
+fn token(endpoint: &str, scopes: &[String], format: Format) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("authproxy: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(authproxy::client::fetch_token(endpoint, scopes)) {
+        Ok((t, raw)) => {
+            match format {
+                Format::Raw => println!("{}", t.access_token),
+                Format::Json => println!("{raw}"),
+                Format::Header => println!("Authorization: Bearer {}", t.access_token),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("authproxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

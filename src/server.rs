@@ -15,11 +15,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::authorization::ScopeSet;
+use crate::proxy::ProxyError;
 use crate::sidecar::Sidecar;
 use crate::token::MintError;
 
@@ -110,6 +111,9 @@ pub fn router(sidecar: Arc<Sidecar>, base_url: &str) -> Router {
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api", any(proxy))
+        .route("/api/", any(proxy))
+        .route("/api/{*rest}", any(proxy))
         .with_state(state)
 }
 
@@ -122,6 +126,13 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let renewal = tokio::spawn(Arc::clone(&sidecar).renew_forever(RENEW_RETRY));
+    let sink = sidecar.config().sink.clone().map(|cfg| {
+        tokio::spawn(crate::sink::run(
+            Arc::clone(&sidecar),
+            cfg,
+            sidecar.sink_due(),
+        ))
+    });
     let app = router(sidecar, &format!("http://{addr}"));
     tracing::info!(listen = %addr, "authproxy sidecar listening");
     let served = axum::serve(
@@ -131,6 +142,9 @@ pub async fn run(
     .with_graceful_shutdown(shutdown)
     .await;
     renewal.abort();
+    if let Some(s) = sink {
+        s.abort();
+    }
     served
 }
 
@@ -162,27 +176,7 @@ async fn token(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, TokenError> {
     let sidecar = &state.sidecar;
-    // The sidecar serves the code in its own container. A non-loopback peer
-    // is someone else on the network; a proxied request (Forwarded /
-    // X-Forwarded-For) is a relay for someone else; an Origin header means a
-    // browser page (possibly hostile) is making the call. None get a token.
-    if !peer.ip().is_loopback() && !sidecar.config().server.allow_remote_peers {
-        return Err(TokenError::AccessDenied(
-            "tokens are issued to local workloads only".into(),
-        ));
-    }
-    for h in ["forwarded", "x-forwarded-for"] {
-        if headers.contains_key(h) {
-            return Err(TokenError::AccessDenied(format!(
-                "proxied requests ({h} header) are refused: tokens are issued to local workloads only"
-            )));
-        }
-    }
-    if headers.contains_key(header::ORIGIN) {
-        return Err(TokenError::AccessDenied(
-            "requests from browsers (Origin header) are refused".into(),
-        ));
-    }
+    local_caller(sidecar, peer, &headers).map_err(TokenError::AccessDenied)?;
 
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -239,9 +233,6 @@ async fn token(
     let c = &issued.minted.claims;
     if issued.reused {
         tracing::debug!(jti = %c.jti, sub = %c.sub, scope = %c.scope, exp = c.exp, "token reused");
-    } else {
-        // The audit line: who got which scopes until when. Never the token.
-        tracing::info!(jti = %c.jti, sub = %c.sub, scope = %c.scope, exp = c.exp, "token issued");
     }
     Ok(no_store_json(
         StatusCode::OK,
@@ -252,6 +243,46 @@ async fn token(
             scope: &c.scope,
         },
     ))
+}
+
+/// Refuses callers that are not the code in this container. A non-loopback
+/// peer is someone else on the network; a relayed request (`Forwarded`,
+/// `X-Forwarded-For`) is on behalf of someone else; an `Origin` header means
+/// a browser page — possibly hostile, via DNS rebinding or CSRF — is making
+/// the call. None may obtain a token or use one through the proxy.
+fn local_caller(sidecar: &Sidecar, peer: SocketAddr, headers: &HeaderMap) -> Result<(), String> {
+    if !peer.ip().is_loopback() && !sidecar.config().server.allow_remote_peers {
+        return Err("tokens are issued to local workloads only".into());
+    }
+    for h in ["forwarded", "x-forwarded-for"] {
+        if headers.contains_key(h) {
+            return Err(format!(
+                "proxied requests ({h} header) are refused: tokens are issued to local workloads only"
+            ));
+        }
+    }
+    if headers.contains_key(header::ORIGIN) {
+        return Err("requests from browsers (Origin header) are refused".into());
+    }
+    Ok(())
+}
+
+async fn proxy(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+) -> Response {
+    let sidecar = &state.sidecar;
+    if let Err(why) = local_caller(sidecar, peer, req.headers()) {
+        return TokenError::AccessDenied(why).into_response();
+    }
+    match sidecar.proxy() {
+        None => ProxyError::NotConfigured.into_response(),
+        Some(p) => match p.forward(sidecar, req).await {
+            Ok(res) => res,
+            Err(e) => e.into_response(),
+        },
+    }
 }
 
 /// The parameters of a token request that authproxy reads.

@@ -14,6 +14,8 @@ use crate::declarations::{Declarations, DeclarationsError};
 use crate::grant::{Grant, GrantRequest};
 use crate::issuer::{IssuerError, load_or_create_root_key};
 use crate::keys::{KeyError, SigningKey, jwk_set};
+use crate::proxy::Proxy;
+use crate::sink::SinkError;
 use crate::token::{MintError, Minted, mint};
 
 /// Why the sidecar could not start.
@@ -39,6 +41,27 @@ pub enum StartupError {
     /// Key generation or the crypto self-test failed.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The token file could not be written, or there is nothing to write.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// `[sink]` is set but the workload declares no authorizations.
+    #[error(
+        "{config}: `sink.path` is set but {id} declares no authorizations, so there is no token to write"
+    )]
+    SinkWithoutScopes {
+        /// The config file.
+        config: PathBuf,
+        /// The workload.
+        id: String,
+    },
+    /// The forward proxy's HTTP client could not be built.
+    #[error("{config}: `proxy.upstream`: {message}")]
+    Proxy {
+        /// The config file.
+        config: PathBuf,
+        /// Why.
+        message: String,
+    },
 }
 
 /// Most distinct (scope, ttl) entries the reuse cache holds before it sweeps.
@@ -52,6 +75,8 @@ pub struct Sidecar {
     key: SigningKey,
     grant: RwLock<Arc<Grant>>,
     cache: Mutex<HashMap<(String, u64), Arc<Minted>>>,
+    proxy: Option<Proxy>,
+    sink_due: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -94,19 +119,53 @@ impl Sidecar {
         // so it dies with the process.
         let key = SigningKey::generate()?;
         let grant = issue_grant(&config, &ceiling, &root, &key, now)?;
-        Ok(Self {
+        let proxy = match &config.proxy {
+            Some(p) => Some(Proxy::new(p).map_err(|e| StartupError::Proxy {
+                config: config.file.clone(),
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
+        let sidecar = Self {
             config,
             ceiling,
             root,
             key,
             grant: RwLock::new(Arc::new(grant)),
             cache: Mutex::new(HashMap::new()),
-        })
+            proxy,
+            sink_due: std::sync::atomic::AtomicU64::new(0),
+        };
+        // The first token file is written before the sidecar reports ready,
+        // so a wrong path or permission stops it at start, not later.
+        if let Some(sink) = &sidecar.config.sink {
+            if sidecar.ceiling.is_empty() {
+                return Err(StartupError::SinkWithoutScopes {
+                    config: sidecar.config.file.clone(),
+                    id: sidecar.config.workload.id.to_string(),
+                });
+            }
+            let due = crate::sink::refresh(&sidecar, sink, now)?;
+            sidecar
+                .sink_due
+                .store(due, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(sidecar)
     }
 
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The forward proxy, when `[proxy]` is configured.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
+    }
+
+    /// When the token file is next due for replacement (unix seconds).
+    pub fn sink_due(&self) -> u64 {
+        self.sink_due.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The workload's declared authorizations (the grant's ceiling).
@@ -150,10 +209,29 @@ impl Sidecar {
     /// With `tokens.reuse` on, a token minted earlier for the same scope and
     /// lifetime is returned again while at least half of its life remains.
     pub fn issue(&self, scope: &ScopeSet, ttl_secs: u64, now: u64) -> Result<Issued, MintError> {
+        if self.config.tokens.reuse {
+            self.issue_reusing(scope, ttl_secs, now)
+        } else {
+            self.mint_fresh(scope, ttl_secs, now)
+        }
+    }
+
+    /// Like [`Sidecar::issue`] with reuse on, whatever `tokens.reuse` says:
+    /// the forward proxy's tokens never reach the workload, so reusing them
+    /// costs nothing in isolation and saves a signature per request.
+    ///
+    /// The miss path mints while holding the cache lock, so when a token
+    /// needs replacing, concurrent requests wait ~50 µs for one new token
+    /// instead of each minting their own (no stampede).
+    pub fn issue_reusing(
+        &self,
+        scope: &ScopeSet,
+        ttl_secs: u64,
+        now: u64,
+    ) -> Result<Issued, MintError> {
         let cache_key = (scope.to_string(), ttl_secs);
-        if self.config.tokens.reuse
-            && let Some(hit) = self.lock_cache().get(&cache_key)
-        {
+        let mut cache = self.lock_cache();
+        if let Some(hit) = cache.get(&cache_key) {
             let c = &hit.claims;
             let life = c.exp.saturating_sub(c.iat);
             if c.exp.saturating_sub(now) * 2 >= life && now >= c.iat {
@@ -163,27 +241,41 @@ impl Sidecar {
                 });
             }
         }
+        let minted = self.mint_fresh(scope, ttl_secs, now)?.minted;
+        if cache.len() >= CACHE_SWEEP_AT {
+            cache.retain(|_, m| m.claims.exp > now);
+            if cache.len() >= CACHE_SWEEP_AT {
+                cache.clear();
+            }
+        }
+        cache.insert(cache_key, Arc::clone(&minted));
+        Ok(Issued {
+            minted,
+            reused: false,
+        })
+    }
+
+    /// Mints a new token, bypassing the reuse cache.
+    pub fn mint_fresh(
+        &self,
+        scope: &ScopeSet,
+        ttl_secs: u64,
+        now: u64,
+    ) -> Result<Issued, MintError> {
         let grant = self.grant();
-        let minted = Arc::new(mint(
+        let minted = mint(
             &self.key,
             &grant,
             &self.config.tokens.audience,
             scope,
             ttl_secs,
             now,
-        )?);
-        if self.config.tokens.reuse {
-            let mut cache = self.lock_cache();
-            if cache.len() >= CACHE_SWEEP_AT {
-                cache.retain(|_, m| m.claims.exp > now);
-                if cache.len() >= CACHE_SWEEP_AT {
-                    cache.clear();
-                }
-            }
-            cache.insert(cache_key, Arc::clone(&minted));
-        }
+        )?;
+        // The audit line: who got which scopes until when. Never the token.
+        let c = &minted.claims;
+        tracing::info!(jti = %c.jti, sub = %c.sub, scope = %c.scope, exp = c.exp, "token issued");
         Ok(Issued {
-            minted,
+            minted: Arc::new(minted),
             reused: false,
         })
     }

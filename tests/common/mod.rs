@@ -24,6 +24,8 @@ pub struct Options<'a> {
     pub tokens_extra: &'a str,
     pub trust_extra: &'a str,
     pub server_extra: &'a str,
+    /// Whole sections appended at the end (`[proxy]`, `[sink]`).
+    pub sections: &'a str,
     /// Share a state dir (and so a root key) with another sidecar.
     pub state_dir: Option<PathBuf>,
 }
@@ -37,6 +39,7 @@ impl Default for Options<'_> {
             tokens_extra: "",
             trust_extra: "",
             server_extra: "",
+            sections: "",
             state_dir: None,
         }
     }
@@ -79,7 +82,7 @@ pub fn write_config(dir: &Path, o: &Options<'_>) -> PathBuf {
             "[server]\nlisten = \"127.0.0.1:0\"\n{}\n\
              [workload]\nid = \"{}\"\nenvironment = \"{}\"\ndeclarations = \"{}\"\n\
              [tokens]\nissuer = \"urn:authproxy:test\"\naudience = \"{AUDIENCE}\"\n{}\n\
-             [trust]\nstate_dir = \"{}\"\n{}\n",
+             [trust]\nstate_dir = \"{}\"\n{}\n{}\n",
             o.server_extra,
             o.workload,
             o.environment,
@@ -87,6 +90,7 @@ pub fn write_config(dir: &Path, o: &Options<'_>) -> PathBuf {
             o.tokens_extra,
             state.display(),
             o.trust_extra,
+            o.sections,
         ),
     )
     .unwrap();

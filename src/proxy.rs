@@ -1,0 +1,210 @@
+//! Forward-proxy mode: `/api/<path>?<query>` on the sidecar is sent to
+//! `<upstream>/<path>?<query>` with the sidecar's own token attached, so
+//! code in the container needs no token handling at all.
+//!
+//! Bodies are streamed both ways (never buffered), connections to the
+//! upstream are pooled, redirects are passed back and never followed (the
+//! token goes to the configured origin only), and every response — 401 and
+//! 403 included — is passed through unchanged.
+
+use std::time::Duration;
+
+use axum::body::{Body, HttpBody as _};
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::config::ProxyConfig;
+use crate::sidecar::Sidecar;
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// Return `400 Bad Request`: absolute-form targets and `CONNECT` are not
+    /// forward-proxy requests to our upstream.
+    #[error("{0}")]
+    BadRequest(&'static str),
+    /// Return `404 Not Found`: `[proxy]` is not configured.
+    #[error("proxy mode is not configured on this sidecar")]
+    NotConfigured,
+    /// Return `503 Service Unavailable`: no token could be minted.
+    #[error("{0}")]
+    NoToken(String),
+    /// Return `502 Bad Gateway`: the upstream could not be reached.
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    /// Return `504 Gateway Timeout`: no response within `proxy.timeout`.
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::NotConfigured => (StatusCode::NOT_FOUND, "not_found"),
+            Self::NoToken(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            Self::Unreachable(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
+        };
+        tracing::warn!(error = code, reason = %self, "proxy request failed");
+        (
+            status,
+            axum::Json(json!({"error": code, "error_description": self.to_string()})),
+        )
+            .into_response()
+    }
+}
+
+/// The forward proxy of one sidecar.
+#[derive(Debug)]
+pub struct Proxy {
+    client: reqwest::Client,
+    upstream: reqwest::Url,
+    timeout: Duration,
+}
+
+/// RFC 9110 §7.6.1 hop-by-hop headers, plus the proxy-only ones.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection`
+/// header names. Done *before* the sidecar adds its Authorization, so a
+/// client sending `Connection: authorization` cannot strip the token.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(n);
+    }
+}
+
+impl Proxy {
+    /// A proxy to `config.upstream`.
+    pub fn new(config: &ProxyConfig) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            // Redirects go back to the caller; following one would carry the
+            // token to wherever the upstream points.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self {
+            client,
+            upstream: config.upstream.clone(),
+            timeout: config.timeout,
+        })
+    }
+
+    /// The target URL for a request path under `/api` (and its query).
+    fn target(&self, rest: &str, query: Option<&str>) -> String {
+        let base = self.upstream.as_str().trim_end_matches('/');
+        match query {
+            Some(q) => format!("{base}{rest}?{q}"),
+            None => format!("{base}{rest}"),
+        }
+    }
+
+    /// Forwards `req` (whose path starts with `/api`) with a token for the
+    /// workload's full ceiling.
+    pub async fn forward(&self, sidecar: &Sidecar, req: Request) -> Result<Response, ProxyError> {
+        let (parts, body) = req.into_parts();
+        if parts.method == Method::CONNECT {
+            return Err(ProxyError::BadRequest("CONNECT is not supported"));
+        }
+        // `GET http://elsewhere/ HTTP/1.1`: a client trying to use us as an
+        // open proxy. Only origin-form paths under /api are forwarded.
+        if parts.uri.authority().is_some() {
+            return Err(ProxyError::BadRequest(
+                "absolute-form request targets are not supported; use /api/<path>",
+            ));
+        }
+        let path = parts.uri.path();
+        let rest = path.strip_prefix("/api").unwrap_or(path);
+        let url = self.target(rest, parts.uri.query());
+        // Defence in depth: whatever the path, the token goes to the
+        // configured origin and nowhere else.
+        let parsed = reqwest::Url::parse(&url)
+            .map_err(|_| ProxyError::BadRequest("the path does not form a valid upstream URL"))?;
+        if parsed.origin() != self.upstream.origin() {
+            return Err(ProxyError::BadRequest(
+                "the path leaves the upstream origin",
+            ));
+        }
+
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        headers.remove(header::HOST);
+        headers.remove(header::AUTHORIZATION);
+        let now = jsonwebtoken::get_current_timestamp();
+        let issued = sidecar
+            .issue_reusing(
+                sidecar.ceiling(),
+                sidecar.config().tokens.ttl.as_secs(),
+                now,
+            )
+            .map_err(|e| ProxyError::NoToken(e.to_string()))?;
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", issued.minted.token))
+            .map_err(|_| ProxyError::NoToken("token is not a header value".into()))?;
+        auth.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, auth);
+
+        let mut request = self.client.request(parts.method, parsed).headers(headers);
+        // An empty body is sent as none at all (no chunked GET bodies).
+        if body.size_hint().exact() != Some(0) {
+            request = request.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+        }
+        let response = match tokio::time::timeout(self.timeout, request.send()).await {
+            Err(_) => return Err(ProxyError::Timeout(self.timeout)),
+            Ok(Err(e)) => return Err(ProxyError::Unreachable(crate::client::describe(&e))),
+            Ok(Ok(r)) => r,
+        };
+        let mut response: axum::http::Response<reqwest::Body> = response.into();
+        strip_hop_by_hop(response.headers_mut());
+        let (parts, body) = response.into_parts();
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_named_in_connection_are_removed_with_the_hop_by_hop_set() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("authorization, x-secret"),
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer client"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::ACCEPT));
+    }
+}
