@@ -93,6 +93,8 @@ pub struct ServerConfig {
     /// Answer token requests from non-loopback peers. Off by default: the
     /// sidecar serves the code in its own container only.
     pub allow_remote_peers: bool,
+    /// Connection limits and shutdown grace.
+    pub limits: crate::serve::Limits,
 }
 
 /// `[workload]`
@@ -177,6 +179,9 @@ struct RawSink {
 struct RawServer {
     listen: Option<String>,
     allow_remote_peers: Option<bool>,
+    header_read_timeout: Option<String>,
+    max_connections: Option<u32>,
+    shutdown_grace: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -255,6 +260,26 @@ impl Config {
                 format!("`{listen}` is not an IP:PORT socket address"),
             )
         })?;
+
+        let mut limits = crate::serve::Limits::default();
+        if let Some(t) = &raw.server.header_read_timeout {
+            limits.header_read_timeout =
+                duration_in(t, Duration::from_secs(1), Duration::from_secs(10))
+                    .map_err(|p| invalid("server.header_read_timeout", p))?;
+        }
+        if let Some(n) = raw.server.max_connections {
+            if n == 0 {
+                return Err(invalid(
+                    "server.max_connections",
+                    "must be at least 1".into(),
+                ));
+            }
+            limits.max_connections = n as usize;
+        }
+        if let Some(t) = &raw.server.shutdown_grace {
+            limits.shutdown_grace = duration_in(t, Duration::ZERO, Duration::from_secs(300))
+                .map_err(|p| invalid("server.shutdown_grace", p))?;
+        }
 
         let w = raw.workload.unwrap_or_default();
         let id = required("workload.id", w.id)?;
@@ -365,6 +390,7 @@ impl Config {
             server: ServerConfig {
                 listen,
                 allow_remote_peers: raw.server.allow_remote_peers.unwrap_or(false),
+                limits,
             },
             workload: WorkloadConfig {
                 id,

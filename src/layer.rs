@@ -79,6 +79,45 @@ pub struct Authorizer {
 struct Inner {
     verifier: Verifier,
     keys: KeyStore,
+    metrics: Option<LayerMetrics>,
+}
+
+/// Labels of `authproxy_layer_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// What the layer records when given a registry.
+#[derive(Debug, Clone)]
+struct LayerMetrics {
+    requests: prometheus_client::metrics::family::Family<
+        ResultLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl LayerMetrics {
+    fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self {
+            requests: Default::default(),
+            latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_001, 3.0, 12),
+            ),
+        };
+        registry.register(
+            "authproxy_layer_requests",
+            "Requests seen by the authproxy layer, by result",
+            m.requests.clone(),
+        );
+        registry.register(
+            "authproxy_layer_verification_duration_seconds",
+            "Time the authproxy layer spent deciding",
+            m.latency.clone(),
+        );
+        m
+    }
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -99,9 +138,19 @@ pub struct AuthorizerBuilder {
     refresh_interval: Duration,
     min_refetch_interval: Duration,
     cache_capacity: usize,
+    metrics: Option<LayerMetrics>,
 }
 
 impl AuthorizerBuilder {
+    /// Records `authproxy_layer_requests_total{result}` (`ok`, `missing`,
+    /// `invalid_request`, `invalid_token`, `insufficient_scope`) and
+    /// `authproxy_layer_verification_duration_seconds` in the upstream's
+    /// own Prometheus registry.
+    pub fn metrics(mut self, registry: &mut prometheus_client::registry::Registry) -> Self {
+        self.metrics = Some(LayerMetrics::register(registry));
+        self
+    }
+
     /// Trust the root keys served at this JWKS URL (fetched at build,
     /// refreshed periodically and on unknown `kid`).
     pub fn jwks_url(mut self, url: impl Into<String>) -> Self {
@@ -177,6 +226,7 @@ impl AuthorizerBuilder {
                 self.cache_capacity,
             ),
             keys,
+            metrics: self.metrics,
         });
         if refreshable && !self.refresh_interval.is_zero() {
             tokio::spawn(refresh_loop(Arc::downgrade(&inner), self.refresh_interval));
@@ -204,6 +254,7 @@ impl Authorizer {
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             min_refetch_interval: DEFAULT_MIN_REFETCH_INTERVAL,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
+            metrics: None,
         }
     }
 
@@ -494,7 +545,20 @@ where
         let requirement = Arc::clone(&self.requirement);
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            match authorize(&auth, &requirement, &mut parts).await {
+            let started = std::time::Instant::now();
+            let decision = authorize(&auth, &requirement, &mut parts).await;
+            if let Some(m) = &auth.inner.metrics {
+                let result = match &decision {
+                    Ok(_) => "ok",
+                    Err(Rejection::Missing) => "missing",
+                    Err(Rejection::BadRequest(_)) => "invalid_request",
+                    Err(Rejection::Invalid(_)) => "invalid_token",
+                    Err(Rejection::InsufficientScope(_)) => "insufficient_scope",
+                };
+                m.requests.get_or_create(&ResultLabels { result }).inc();
+                m.latency.observe(started.elapsed().as_secs_f64());
+            }
+            match decision {
                 Ok(principal) => {
                     parts.extensions.insert(principal);
                     inner.call(Request::from_parts(parts, body)).await

@@ -13,9 +13,11 @@
 //! - [`token`] — RFC 9068 access tokens minted under a grant.
 //! - [`sidecar`] — the sidecar's state: key, grant, reuse cache, renewal.
 //! - [`server`] — the sidecar's HTTP routes and `run`.
+//! - [`serve`] — serving a router with connection limits and a bounded graceful drain.
 //! - [`proxy`] — forward-proxy mode: `/api/*` to the upstream, token attached.
 //! - [`sink`] — keeps a valid token in a file, replaced atomically.
 //! - [`client`] — a client of the token endpoint (`authproxy token`).
+//! - [`telemetry`] — metrics, request ids, log setup.
 //! - [`verify`] — verification of a token and its grant; the [`verify::Principal`].
 //! - [`jwks`] — where an upstream's root keys come from, and their refresh.
 //! - [`layer`] — the tower layer an upstream API puts in front of its routes.
@@ -30,9 +32,11 @@ pub mod jwks;
 pub mod keys;
 pub mod layer;
 pub mod proxy;
+pub mod serve;
 pub mod server;
 pub mod sidecar;
 pub mod sink;
+pub mod telemetry;
 pub mod token;
 pub mod verify;
 pub mod workload;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use authproxy::config::Config;
 use authproxy::declarations::Declarations;
 use authproxy::sidecar::Sidecar;
+use authproxy::telemetry::{LogFormat, init_logging};
 
 /// BSD `EX_USAGE`: the configuration is wrong (linkerd and sysexits convention).
 const EX_USAGE: u8 = 64;
@@ -33,6 +34,19 @@ enum Command {
         /// The sidecar's TOML configuration.
         #[arg(long, short, default_value = "config/authproxy.toml")]
         config: PathBuf,
+        /// Log format; default: text on a terminal, json otherwise.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
+    },
+    /// Exit 0 when the sidecar answers ready, 1 otherwise (container health checks).
+    Health {
+        /// The sidecar's base URL.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8200",
+            env = "AUTHPROXY_ENDPOINT"
+        )]
+        endpoint: String,
     },
     /// Validate declarations and print every workload's effective authorizations.
     Check {
@@ -61,6 +75,15 @@ enum Command {
     },
 }
 
+/// `--log-format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Output of `authproxy token`.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Format {
@@ -75,7 +98,8 @@ enum Format {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(&config),
+        Command::Serve { config, log_format } => serve(&config, log_format),
+        Command::Health { endpoint } => health(&endpoint),
         Command::Check {
             config,
             declarations,
@@ -88,20 +112,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let stderr = std::io::stderr();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&stderr))
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-fn serve(config_path: &std::path::Path) -> ExitCode {
-    init_logging();
+fn serve(config_path: &std::path::Path, log_format: Option<LogFormatArg>) -> ExitCode {
+    let format = match log_format {
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        None if std::io::IsTerminal::is_terminal(&std::io::stderr()) => LogFormat::Text,
+        None => LogFormat::Json,
+    };
+    init_logging(format);
     // Everything that can be wrong with the configuration is found before any
     // port is bound, and reported as a usage error.
     let config = match Config::load(config_path) {
@@ -132,9 +150,33 @@ async fn run(sidecar: Arc<Sidecar>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&sidecar)));
     authproxy::server::run(listener, sidecar, shutdown_signal()).await?;
+    reloader.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: re-read the declarations; on error keep serving the old ones.
+async fn reload_on_sighup(sidecar: Arc<Sidecar>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload disabled");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match sidecar.reload(jsonwebtoken::get_current_timestamp()) {
+            Ok(true) => {
+                tracing::info!(scope = %sidecar.ceiling(), "declarations reloaded; new grant issued")
+            }
+            Ok(false) => tracing::info!("declarations reloaded; authorizations unchanged"),
+            Err(e) => {
+                // One log line per event: fold the problem list.
+                let error = e.to_string().replace("\n  - ", " | ");
+                tracing::error!(%error, "reload refused; keeping the previous declarations");
+            }
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -222,6 +264,38 @@ fn token(endpoint: &str, scopes: &[String], format: Format) -> ExitCode {
         }
         Err(e) => {
             eprintln!("authproxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn health(endpoint: &str) -> ExitCode {
+    let url = format!("{}/readyz", endpoint.trim_end_matches('/'));
+    let check = async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(3))
+            .build()?;
+        client.get(&url).send().await.map(|r| r.status())
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("authproxy: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(check) {
+        Ok(s) if s.is_success() => ExitCode::SUCCESS,
+        Ok(s) => {
+            eprintln!("authproxy: {url}: not ready (HTTP {s})");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("authproxy: {url}: unreachable: {e}");
             ExitCode::FAILURE
         }
     }

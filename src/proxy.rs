@@ -154,7 +154,7 @@ impl Proxy {
         let now = jsonwebtoken::get_current_timestamp();
         let issued = sidecar
             .issue_reusing(
-                sidecar.ceiling(),
+                &sidecar.ceiling(),
                 sidecar.config().tokens.ttl.as_secs(),
                 now,
             )

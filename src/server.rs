@@ -22,7 +22,10 @@ use serde_json::json;
 use crate::authorization::ScopeSet;
 use crate::proxy::ProxyError;
 use crate::sidecar::Sidecar;
+use crate::telemetry::RandomRequestId;
 use crate::token::MintError;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 /// Largest token request body accepted (413 above).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -111,10 +114,17 @@ pub fn router(sidecar: Arc<Sidecar>, base_url: &str) -> Router {
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api", any(proxy))
         .route("/api/", any(proxy))
         .route("/api/{*rest}", any(proxy))
         .with_state(state)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        )
 }
 
 /// Serves the sidecar on `listener` until `shutdown` completes, then drains
@@ -133,19 +143,25 @@ pub async fn run(
             sidecar.sink_due(),
         ))
     });
+    let limits = sidecar.config().server.limits;
     let app = router(sidecar, &format!("http://{addr}"));
     tracing::info!(listen = %addr, "authproxy sidecar listening");
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let served = crate::serve::serve(listener, app, limits, shutdown).await;
     renewal.abort();
     if let Some(s) = sink {
         s.abort();
     }
     served
+}
+
+/// One span per request, carrying its id (never headers: they may hold tokens).
+fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path())
 }
 
 fn now() -> u64 {
@@ -174,9 +190,35 @@ async fn token(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, TokenError> {
+) -> Response {
+    let started = std::time::Instant::now();
+    let result = token_inner(&state, peer, &headers, body);
+    let label = match &result {
+        Ok((_, true)) => "reused",
+        Ok((_, false)) => "issued",
+        Err(e) => e.parts().1,
+    };
     let sidecar = &state.sidecar;
-    local_caller(sidecar, peer, &headers).map_err(TokenError::AccessDenied)?;
+    sidecar.metrics().token_result(
+        &sidecar.config().workload.id.to_string(),
+        label,
+        started.elapsed(),
+    );
+    match result {
+        Ok((res, _)) => res,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The token endpoint proper; returns the response and whether the token was reused.
+fn token_inner(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Response, bool), TokenError> {
+    let sidecar = &state.sidecar;
+    local_caller(sidecar, peer, headers).map_err(TokenError::AccessDenied)?;
 
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -218,7 +260,7 @@ async fn token(
         ));
     }
 
-    let ttl_secs = requested_ttl(&headers, form.ttl.as_deref(), sidecar)?;
+    let ttl_secs = requested_ttl(headers, form.ttl.as_deref(), sidecar)?;
     let scope = requested_scope(form.scope.as_deref(), sidecar)?;
 
     let at = now();
@@ -234,7 +276,7 @@ async fn token(
     if issued.reused {
         tracing::debug!(jti = %c.jti, sub = %c.sub, scope = %c.scope, exp = c.exp, "token reused");
     }
-    Ok(no_store_json(
+    let res = no_store_json(
         StatusCode::OK,
         &TokenResponse {
             access_token: &issued.minted.token,
@@ -242,7 +284,8 @@ async fn token(
             expires_in: c.exp.saturating_sub(at),
             scope: &c.scope,
         },
-    ))
+    );
+    Ok((res, issued.reused))
 }
 
 /// Refuses callers that are not the code in this container. A non-loopback
@@ -276,13 +319,25 @@ async fn proxy(
     if let Err(why) = local_caller(sidecar, peer, req.headers()) {
         return TokenError::AccessDenied(why).into_response();
     }
-    match sidecar.proxy() {
-        None => ProxyError::NotConfigured.into_response(),
-        Some(p) => match p.forward(sidecar, req).await {
-            Ok(res) => res,
-            Err(e) => e.into_response(),
-        },
-    }
+    let Some(p) = sidecar.proxy() else {
+        return ProxyError::NotConfigured.into_response();
+    };
+    let started = std::time::Instant::now();
+    let res = match p.forward(sidecar, req).await {
+        Ok(res) => res,
+        Err(e) => {
+            match &e {
+                ProxyError::Unreachable(_) => sidecar.metrics().upstream_error("unreachable"),
+                ProxyError::Timeout(_) => sidecar.metrics().upstream_error("timeout"),
+                _ => {}
+            }
+            e.into_response()
+        }
+    };
+    sidecar
+        .metrics()
+        .proxy_result(res.status().as_u16(), started.elapsed());
+    res
 }
 
 /// The parameters of a token request that authproxy reads.
@@ -361,7 +416,7 @@ fn requested_scope(scope: Option<&str>, sidecar: &Sidecar) -> Result<ScopeSet, T
         )));
     }
     let requested = match scope.map(str::trim) {
-        None | Some("") => return Ok(ceiling.clone()),
+        None | Some("") => return Ok((*ceiling).clone()),
         Some(s) => ScopeSet::parse(s).map_err(|e| TokenError::InvalidScope(e.to_string()))?,
     };
     let beyond: Vec<String> = requested
@@ -400,6 +455,21 @@ async fn metadata(State(state): State<AppState>) -> Response {
         "scopes_supported": scopes,
     }))
     .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let m = state.sidecar.metrics();
+    let exp = state.sidecar.grant().claims().exp;
+    let left = i64::try_from(exp).unwrap_or(i64::MAX) - i64::try_from(now()).unwrap_or(0);
+    m.grant_expiry.set(left);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

@@ -16,6 +16,7 @@ use crate::issuer::{IssuerError, load_or_create_root_key};
 use crate::keys::{KeyError, SigningKey, jwk_set};
 use crate::proxy::Proxy;
 use crate::sink::SinkError;
+use crate::telemetry::SidecarMetrics;
 use crate::token::{MintError, Minted, mint};
 
 /// Why the sidecar could not start.
@@ -70,13 +71,14 @@ const CACHE_SWEEP_AT: usize = 64;
 /// A running sidecar's state. Cheap to share behind an `Arc`.
 pub struct Sidecar {
     config: Config,
-    ceiling: ScopeSet,
+    ceiling: RwLock<Arc<ScopeSet>>,
     root: SigningKey,
     key: SigningKey,
     grant: RwLock<Arc<Grant>>,
     cache: Mutex<HashMap<(String, u64), Arc<Minted>>>,
     proxy: Option<Proxy>,
     sink_due: std::sync::atomic::AtomicU64,
+    metrics: SidecarMetrics,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -102,16 +104,7 @@ impl Sidecar {
     /// sidecar key and obtains the first grant.
     pub fn start(config: Config, now: u64) -> Result<Self, StartupError> {
         crate::keys::self_test()?;
-        let declarations = Declarations::load(&config.workload.declarations)?;
-        let ceiling = declarations
-            .get(&config.workload.id)
-            .ok_or_else(|| StartupError::Undeclared {
-                config: config.file.clone(),
-                id: config.workload.id.to_string(),
-                declarations: config.workload.declarations.clone(),
-            })?
-            .authorizations
-            .clone();
+        let ceiling = load_ceiling(&config)?;
         let root = match config.trust.mode {
             TrustMode::Embedded => load_or_create_root_key(&config.trust.state_dir)?,
         };
@@ -128,18 +121,19 @@ impl Sidecar {
         };
         let sidecar = Self {
             config,
-            ceiling,
+            ceiling: RwLock::new(Arc::new(ceiling)),
             root,
             key,
             grant: RwLock::new(Arc::new(grant)),
             cache: Mutex::new(HashMap::new()),
             proxy,
             sink_due: std::sync::atomic::AtomicU64::new(0),
+            metrics: SidecarMetrics::default(),
         };
         // The first token file is written before the sidecar reports ready,
         // so a wrong path or permission stops it at start, not later.
         if let Some(sink) = &sidecar.config.sink {
-            if sidecar.ceiling.is_empty() {
+            if sidecar.ceiling().is_empty() {
                 return Err(StartupError::SinkWithoutScopes {
                     config: sidecar.config.file.clone(),
                     id: sidecar.config.workload.id.to_string(),
@@ -169,8 +163,39 @@ impl Sidecar {
     }
 
     /// The workload's declared authorizations (the grant's ceiling).
-    pub fn ceiling(&self) -> &ScopeSet {
-        &self.ceiling
+    pub fn ceiling(&self) -> Arc<ScopeSet> {
+        match self.ceiling.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// The sidecar's metrics.
+    pub fn metrics(&self) -> &SidecarMetrics {
+        &self.metrics
+    }
+
+    /// Re-reads the declarations (SIGHUP). If they are valid and still
+    /// declare this workload, new tokens use them: the reuse cache is
+    /// dropped, and a new grant is issued when the ceiling changed. If not,
+    /// nothing changes and the error says why. Returns whether the ceiling
+    /// changed.
+    pub fn reload(&self, now: u64) -> Result<bool, StartupError> {
+        let ceiling = load_ceiling(&self.config)?;
+        let changed = *self.ceiling() != ceiling;
+        if changed {
+            let grant = issue_grant(&self.config, &ceiling, &self.root, &self.key, now)?;
+            match self.ceiling.write() {
+                Ok(mut c) => *c = Arc::new(ceiling),
+                Err(p) => *p.into_inner() = Arc::new(ceiling),
+            }
+            match self.grant.write() {
+                Ok(mut g) => *g = Arc::new(grant),
+                Err(p) => *p.into_inner() = Arc::new(grant),
+            }
+        }
+        self.lock_cache().clear();
+        Ok(changed)
     }
 
     /// The current grant.
@@ -193,7 +218,7 @@ impl Sidecar {
 
     /// Replaces the grant with a fresh one and drops the reuse cache.
     pub fn renew_grant(&self, now: u64) -> Result<(), StartupError> {
-        let grant = issue_grant(&self.config, &self.ceiling, &self.root, &self.key, now)?;
+        let grant = issue_grant(&self.config, &self.ceiling(), &self.root, &self.key, now)?;
         tracing::info!(jti = %grant.claims().jti, exp = grant.claims().exp, "grant renewed");
         match self.grant.write() {
             Ok(mut g) => *g = Arc::new(grant),
@@ -304,6 +329,20 @@ impl Sidecar {
             }
         }
     }
+}
+
+/// The workload's declared authorizations, from the declarations file.
+fn load_ceiling(config: &Config) -> Result<ScopeSet, StartupError> {
+    let declarations = Declarations::load(&config.workload.declarations)?;
+    Ok(declarations
+        .get(&config.workload.id)
+        .ok_or_else(|| StartupError::Undeclared {
+            config: config.file.clone(),
+            id: config.workload.id.to_string(),
+            declarations: config.workload.declarations.clone(),
+        })?
+        .authorizations
+        .clone())
 }
 
 fn issue_grant(

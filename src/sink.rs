@@ -78,7 +78,7 @@ pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> std::io::Res
 pub fn refresh(sidecar: &Sidecar, sink: &SinkConfig, now: u64) -> Result<u64, SinkError> {
     let issued = sidecar
         .mint_fresh(
-            sidecar.ceiling(),
+            &sidecar.ceiling(),
             sidecar.config().tokens.ttl.as_secs(),
             now,
         )

@@ -135,8 +135,18 @@ impl Drop for Daemon {
 }
 
 fn start_daemon(config: &Path, rust_log: &str) -> Daemon {
+    start_daemon_with(config, rust_log, "text")
+}
+
+fn start_daemon_with(config: &Path, rust_log: &str, format: &str) -> Daemon {
     let mut child = Command::new(BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--log-format",
+            format,
+        ])
         .env("RUST_LOG", rust_log)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -166,6 +176,12 @@ fn start_daemon(config: &Path, rust_log: &str) -> Daemon {
             .expect("daemon did not start");
         if let Some(addr) = line.split("listen=").nth(1) {
             daemon.url = format!("http://{}", addr.split_whitespace().next().unwrap());
+            return daemon;
+        }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && let Some(addr) = v["fields"]["listen"].as_str()
+        {
+            daemon.url = format!("http://{addr}");
             return daemon;
         }
     }

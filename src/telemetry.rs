@@ -1,0 +1,188 @@
+//! Metrics (Prometheus text format via `prometheus-client`), request ids,
+//! and log setup. Nothing here ever records a token, a grant or a key:
+//! labels are workload ids, results and error codes.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, Request};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tower_http::request_id::{MakeRequestId, RequestId};
+
+/// Labels of `authproxy_tokens_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// The workload id.
+    pub workload: String,
+    /// `issued`, `reused`, or the OAuth2 error code.
+    pub result: String,
+}
+
+/// Labels of `authproxy_proxy_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyLabels {
+    /// Status class of the answer: `2xx`, `4xx`, `5xx`, …
+    pub status: String,
+}
+
+/// Labels of `authproxy_proxy_upstream_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    /// `unreachable` or `timeout`.
+    pub kind: String,
+}
+
+/// The sidecar's metrics.
+#[derive(Debug)]
+pub struct SidecarMetrics {
+    registry: Registry,
+    /// Token requests by workload and result.
+    pub tokens: Family<TokenLabels, Counter>,
+    /// Token endpoint latency, seconds.
+    pub token_latency: Histogram,
+    /// Seconds until the current grant expires (set at scrape).
+    pub grant_expiry: Gauge,
+    /// Proxied requests by status class.
+    pub proxy_requests: Family<ProxyLabels, Counter>,
+    /// Proxy latency to response headers, seconds.
+    pub proxy_latency: Histogram,
+    /// Upstream failures by kind.
+    pub proxy_upstream_errors: Family<UpstreamErrorLabels, Counter>,
+}
+
+/// Latency buckets from 10 µs to ~5 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_01, 3.0, 12)
+}
+
+impl Default for SidecarMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("authproxy");
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Token requests by workload and result",
+            tokens.clone(),
+        );
+        let token_latency = Histogram::new(latency_buckets());
+        registry.register(
+            "token_request_duration_seconds",
+            "Token endpoint latency",
+            token_latency.clone(),
+        );
+        let grant_expiry = Gauge::default();
+        registry.register(
+            "grant_expiry_seconds",
+            "Seconds until the sidecar's grant expires",
+            grant_expiry.clone(),
+        );
+        let proxy_requests = Family::<ProxyLabels, Counter>::default();
+        registry.register(
+            "proxy_requests",
+            "Proxied requests by status class",
+            proxy_requests.clone(),
+        );
+        let proxy_latency = Histogram::new(latency_buckets());
+        registry.register(
+            "proxy_request_duration_seconds",
+            "Proxy latency until the upstream's response headers",
+            proxy_latency.clone(),
+        );
+        let proxy_upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register(
+            "proxy_upstream_errors",
+            "Upstream failures by kind",
+            proxy_upstream_errors.clone(),
+        );
+        Self {
+            registry,
+            tokens,
+            token_latency,
+            grant_expiry,
+            proxy_requests,
+            proxy_latency,
+            proxy_upstream_errors,
+        }
+    }
+}
+
+impl SidecarMetrics {
+    /// Counts one token request.
+    pub fn token_result(&self, workload: &str, result: &str, took: Duration) {
+        self.tokens
+            .get_or_create(&TokenLabels {
+                workload: workload.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        self.token_latency.observe(took.as_secs_f64());
+    }
+
+    /// Counts one proxied request.
+    pub fn proxy_result(&self, status: u16, took: Duration) {
+        self.proxy_requests
+            .get_or_create(&ProxyLabels {
+                status: format!("{}xx", status / 100),
+            })
+            .inc();
+        self.proxy_latency.observe(took.as_secs_f64());
+    }
+
+    /// Counts one upstream failure.
+    pub fn upstream_error(&self, kind: &str) {
+        self.proxy_upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Random request ids (`x-request-id`), unless the client sent one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&crate::keys::random_id())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the global tracing subscriber: `RUST_LOG` filter (default
+/// `info`), to stderr, colours only on a terminal.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(ansi).init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}
