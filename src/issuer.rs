@@ -3,7 +3,11 @@
 //!
 //! The root key is the one secret that can mint any grant, so its file is
 //! created 0600 inside a 0700 directory, and the sidecar refuses to start if
-//! the file has become readable by group or others.
+//! the file is readable by others, writable by its group, or readable by its
+//! group while owned by anyone but root. The root-owned, group-readable case
+//! (0440/0640) is allowed as PostgreSQL allows it for its key file: it is how
+//! a Kubernetes Secret reaches a non-root container (files owned by root,
+//! group = the pod's `fsGroup`).
 
 use std::fs;
 use std::io::Write as _;
@@ -65,11 +69,20 @@ pub fn load_or_create_root_key(state_dir: &Path) -> Result<SigningKey, IssuerErr
     }
     let meta = fs::metadata(&path).map_err(io(&path))?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    if !permissions_are_safe(mode, std::os::unix::fs::MetadataExt::uid(&meta)) {
         return Err(IssuerError::InsecurePermissions { path, mode });
     }
     let pem = fs::read(&path).map_err(io(&path))?;
     SigningKey::from_pkcs8_pem(&pem).map_err(|source| IssuerError::BadKey { path, source })
+}
+
+/// Never readable by others, never writable by the group; readable by the
+/// group only when root owns the file (see the module doc).
+fn permissions_are_safe(mode: u32, owner: u32) -> bool {
+    let others = mode & 0o007;
+    let group_write_exec = mode & 0o030;
+    let group_read = mode & 0o040;
+    others == 0 && group_write_exec == 0 && (group_read == 0 || owner == 0)
 }
 
 /// Writes a new key to a private temporary file, then hard-links it into
@@ -136,13 +149,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         load_or_create_root_key(dir.path()).unwrap();
         let path = dir.path().join(ROOT_KEY_FILE);
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let e = load_or_create_root_key(dir.path()).unwrap_err();
         assert!(
-            matches!(e, IssuerError::InsecurePermissions { mode: 0o640, .. }),
+            matches!(e, IssuerError::InsecurePermissions { mode: 0o644, .. }),
             "{e}"
         );
         assert!(e.to_string().contains("chmod 600"));
+    }
+
+    #[test]
+    fn group_read_is_allowed_only_for_root_owned_keys() {
+        for (mode, owner, ok) in [
+            (0o600, 1000, true),
+            (0o400, 1000, true),
+            (0o640, 0, true),
+            (0o440, 0, true),
+            (0o640, 1000, false),
+            (0o660, 0, false),
+            (0o604, 0, false),
+            (0o644, 0, false),
+            (0o610, 0, false),
+        ] {
+            assert_eq!(
+                permissions_are_safe(mode, owner),
+                ok,
+                "{mode:o} owned by {owner}"
+            );
+        }
     }
 
     #[test]
