@@ -285,8 +285,8 @@ fn the_dockerfile_matches_the_binary() {
     assert!(d.lines().any(|l| l == "EXPOSE 8200"));
     let user = d
         .lines()
-        .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
         .unwrap();
     assert!(!user.starts_with('0') && user != "root", "runs as {user}");
     assert!(
