@@ -95,6 +95,8 @@ pub struct ServerConfig {
     pub allow_remote_peers: bool,
     /// Connection limits and shutdown grace.
     pub limits: crate::serve::Limits,
+    /// Token requests per second (and burst), if limited.
+    pub rate_limit: Option<u32>,
 }
 
 /// `[workload]`
@@ -182,6 +184,7 @@ struct RawServer {
     header_read_timeout: Option<String>,
     max_connections: Option<u32>,
     shutdown_grace: Option<String>,
+    rate_limit: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -391,6 +394,15 @@ impl Config {
                 listen,
                 allow_remote_peers: raw.server.allow_remote_peers.unwrap_or(false),
                 limits,
+                rate_limit: match raw.server.rate_limit {
+                    Some(0) => {
+                        return Err(invalid(
+                            "server.rate_limit",
+                            "must be at least 1 request per second".into(),
+                        ));
+                    }
+                    r => r,
+                },
             },
             workload: WorkloadConfig {
                 id,

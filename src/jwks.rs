@@ -61,6 +61,10 @@ pub(crate) struct KeyStore {
     /// Serialises fetches (single-flight) and remembers the last attempt.
     refetch: tokio::sync::Mutex<Option<Instant>>,
     min_refetch_interval: Duration,
+    /// Unix time of the last successful fetch.
+    fetched_at: std::sync::atomic::AtomicU64,
+    /// Unix time of the last "keys are stale" error line (rate-limits it).
+    stale_logged_at: std::sync::atomic::AtomicU64,
 }
 
 impl KeyStore {
@@ -91,6 +95,8 @@ impl KeyStore {
             keys: RwLock::new(Arc::new(RootKeys::new())),
             refetch: tokio::sync::Mutex::new(None),
             min_refetch_interval,
+            fetched_at: std::sync::atomic::AtomicU64::new(0),
+            stale_logged_at: std::sync::atomic::AtomicU64::new(0),
         };
         let keys = store.fetch().await?;
         store.replace(keys);
@@ -112,7 +118,45 @@ impl KeyStore {
         !matches!(self.source, KeySource::Static(_))
     }
 
+    /// True when the keys come from a file or URL whose last successful
+    /// fetch is more than `max_stale` before `now`.
+    pub(crate) fn is_stale(&self, now: u64, max_stale: Duration) -> bool {
+        let fetched = self.fetched_at.load(std::sync::atomic::Ordering::Relaxed);
+        self.is_refreshable() && now.saturating_sub(fetched) > max_stale.as_secs()
+    }
+
+    /// Logs that the keys are too old — at most once a minute.
+    pub(crate) fn log_stale(&self, now: u64) {
+        let last = self
+            .stale_logged_at
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= 60 {
+            self.stale_logged_at
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+            let fetched = self.fetched_at.load(std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(
+                source = %self.source.name(),
+                last_fetch_age_secs = now.saturating_sub(fetched),
+                "root keys are older than the allowed staleness and cannot be refreshed; refusing all tokens"
+            );
+        }
+    }
+
+    /// Refetches (rate-limited like unknown kids) because the keys are stale.
+    pub(crate) async fn refetch_if_allowed(&self) -> bool {
+        let mut last = self.refetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < self.min_refetch_interval) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        self.refresh_locked().await
+    }
+
     fn replace(&self, keys: RootKeys) {
+        self.fetched_at.store(
+            jsonwebtoken::get_current_timestamp(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let keys = Arc::new(keys);
         match self.keys.write() {
             Ok(mut k) => *k = keys,

@@ -51,6 +51,8 @@ pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
 /// Default minimum time between two fetches caused by unknown `kid`s.
 pub const DEFAULT_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+/// Default maximum age of root keys that could not be refreshed.
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
 /// Default bound of each verification cache.
 pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 
@@ -79,6 +81,7 @@ pub struct Authorizer {
 struct Inner {
     verifier: Verifier,
     keys: KeyStore,
+    max_stale: Duration,
     metrics: Option<LayerMetrics>,
 }
 
@@ -138,6 +141,7 @@ pub struct AuthorizerBuilder {
     refresh_interval: Duration,
     min_refetch_interval: Duration,
     cache_capacity: usize,
+    max_stale: Duration,
     metrics: Option<LayerMetrics>,
 }
 
@@ -200,6 +204,14 @@ impl AuthorizerBuilder {
         self
     }
 
+    /// How long keys from a file or URL stay trusted when they cannot be
+    /// refreshed (default 24 h). Past it every token is refused (fail
+    /// closed) until a fetch succeeds again.
+    pub fn max_stale(mut self, age: Duration) -> Self {
+        self.max_stale = age;
+        self
+    }
+
     /// Bound of the grant and token caches (default 10 000 each; 0 disables).
     pub fn cache_capacity(mut self, entries: usize) -> Self {
         self.cache_capacity = entries;
@@ -226,6 +238,7 @@ impl AuthorizerBuilder {
                 self.cache_capacity,
             ),
             keys,
+            max_stale: self.max_stale,
             metrics: self.metrics,
         });
         if refreshable && !self.refresh_interval.is_zero() {
@@ -254,6 +267,7 @@ impl Authorizer {
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             min_refetch_interval: DEFAULT_MIN_REFETCH_INTERVAL,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
+            max_stale: DEFAULT_MAX_STALE,
             metrics: None,
         }
     }
@@ -261,6 +275,14 @@ impl Authorizer {
     /// Verifies a token at time `now` (unix seconds). On an unknown root
     /// `kid`, refetches the keys (rate-limited) and tries once more.
     pub async fn verify(&self, token: &str, now: u64) -> Result<Principal, InvalidToken> {
+        let store = &self.inner.keys;
+        if store.is_stale(now, self.inner.max_stale) {
+            store.refetch_if_allowed().await;
+            if store.is_stale(now, self.inner.max_stale) {
+                store.log_stale(now);
+                return Err(InvalidToken::KeysStale);
+            }
+        }
         let keys = self.inner.keys.current();
         match self.inner.verifier.verify(token, &keys, now) {
             Err(InvalidToken::UnknownRootKey)

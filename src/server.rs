@@ -51,6 +51,13 @@ pub enum TokenError {
     /// from a local workload (proxied, from a browser, or a remote peer).
     #[error("{0}")]
     AccessDenied(String),
+    /// Return `400 Bad Request`, `invalid_request`, and close the connection:
+    /// a chunked token request.
+    #[error("chunked token requests are not accepted; send Content-Length")]
+    Framing,
+    /// Return `429 Too Many Requests` with `Retry-After` (`server.rate_limit`).
+    #[error("too many token requests; retry after {0} s")]
+    RateLimited(u64),
     /// Return `413 Payload Too Large`, `invalid_request`.
     #[error("request body exceeds {MAX_BODY_BYTES} bytes")]
     TooLarge,
@@ -71,6 +78,8 @@ impl TokenError {
             Self::InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
             Self::AccessDenied(_) => (StatusCode::FORBIDDEN, "access_denied"),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+            Self::Framing => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         }
@@ -85,10 +94,60 @@ impl IntoResponse for TokenError {
         } else {
             tracing::debug!(error = code, reason = %self, "token request refused");
         }
-        no_store_json(
+        let mut res = no_store_json(
             status,
             &json!({"error": code, "error_description": self.to_string()}),
-        )
+        );
+        match self {
+            Self::Framing => {
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Self::RateLimited(secs) => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+/// A token bucket for `server.rate_limit`: up to `rate` requests a second,
+/// bursts of up to `rate`. Answers 429 instead of queueing: a workload in a
+/// loop should back off, not pile up.
+#[derive(Debug)]
+struct RateLimiter {
+    rate: f64,
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl RateLimiter {
+    fn new(rate: u32, now: std::time::Instant) -> Self {
+        Self {
+            rate: f64::from(rate),
+            state: std::sync::Mutex::new((f64::from(rate), now)),
+        }
+    }
+
+    fn check(&self, now: std::time::Instant) -> Result<(), TokenError> {
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tokens, last) = *st;
+        let refilled =
+            (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate).min(self.rate);
+        if refilled >= 1.0 {
+            *st = (refilled - 1.0, now);
+            Ok(())
+        } else {
+            *st = (refilled, now);
+            let wait = ((1.0 - refilled) / self.rate).ceil().max(1.0);
+            // `wait` is a small positive whole number of seconds.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Err(TokenError::RateLimited(wait as u64))
+        }
     }
 }
 
@@ -96,14 +155,21 @@ impl IntoResponse for TokenError {
 struct AppState {
     sidecar: Arc<Sidecar>,
     base_url: Arc<str>,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 /// The sidecar's routes, for a sidecar reachable at `base_url`
 /// (e.g. `http://127.0.0.1:8200`), used in the discovery document.
 pub fn router(sidecar: Arc<Sidecar>, base_url: &str) -> Router {
+    let limiter = sidecar
+        .config()
+        .server
+        .rate_limit
+        .map(|r| Arc::new(RateLimiter::new(r, std::time::Instant::now())));
     let state = AppState {
         sidecar,
         base_url: base_url.trim_end_matches('/').into(),
+        limiter,
     };
     Router::new()
         .route(
@@ -219,6 +285,15 @@ fn token_inner(
 ) -> Result<(Response, bool), TokenError> {
     let sidecar = &state.sidecar;
     local_caller(sidecar, peer, headers).map_err(TokenError::AccessDenied)?;
+    if let Some(limiter) = &state.limiter {
+        limiter.check(std::time::Instant::now())?;
+    }
+    // A token request is a small form sent with Content-Length. A chunked
+    // one is refused (and its connection closed): together with a
+    // Content-Length it is the classic request-smuggling shape.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(TokenError::Framing);
+    }
 
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -294,8 +369,22 @@ fn token_inner(
 /// a browser page — possibly hostile, via DNS rebinding or CSRF — is making
 /// the call. None may obtain a token or use one through the proxy.
 fn local_caller(sidecar: &Sidecar, peer: SocketAddr, headers: &HeaderMap) -> Result<(), String> {
-    if !peer.ip().is_loopback() && !sidecar.config().server.allow_remote_peers {
-        return Err("tokens are issued to local workloads only".into());
+    if !sidecar.config().server.allow_remote_peers {
+        if !peer.ip().is_loopback() {
+            return Err("tokens are issued to local workloads only".into());
+        }
+        // DNS rebinding: a page at evil.example whose name now resolves to
+        // 127.0.0.1 reaches us from a loopback peer, but its Host header
+        // still says evil.example. Only loopback names are accepted.
+        if !headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(is_loopback_host)
+        {
+            return Err(
+                "the Host header must name a loopback address (127.0.0.1, localhost, [::1])".into(),
+            );
+        }
     }
     for h in ["forwarded", "x-forwarded-for"] {
         if headers.contains_key(h) {
@@ -308,6 +397,35 @@ fn local_caller(sidecar: &Sidecar, peer: SocketAddr, headers: &HeaderMap) -> Res
         return Err("requests from browsers (Origin header) are refused".into());
     }
     Ok(())
+}
+
+/// `127.0.0.1[:port]` (any 127/8), `localhost[:port]`, `[::1][:port]`.
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, port)) if port.is_empty() || port.starts_with(':') => {
+                return ip == "::1" && valid_port(port);
+            }
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if valid_port(&format!(":{port}")) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Empty, or `:` followed by a port number.
+fn valid_port(p: &str) -> bool {
+    p.is_empty()
+        || p.strip_prefix(':')
+            .is_some_and(|n| n.parse::<u16>().is_ok())
 }
 
 async fn proxy(
@@ -485,5 +603,53 @@ async fn readyz(State(state): State<AppState>) -> Response {
             axum::Json(json!({"status": "no valid grant"})),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_pass_the_host_check() {
+        for ok in [
+            "127.0.0.1:8200",
+            "127.0.0.1",
+            "127.1.2.3:80",
+            "localhost:8200",
+            "LOCALHOST",
+            "[::1]:8200",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8200",
+            "10.0.0.1:8200",
+            "0.0.0.0:8200",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:8200",
+            "[::2]:8200",
+            "[::1]x",
+            "127.0.0.1:99999",
+            "127.0.0.1:port",
+            "",
+            "[::1",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_rate_limiter_allows_a_burst_then_refills_over_time() {
+        let t0 = std::time::Instant::now();
+        let l = RateLimiter::new(2, t0);
+        assert!(l.check(t0).is_ok());
+        assert!(l.check(t0).is_ok());
+        assert!(matches!(l.check(t0), Err(TokenError::RateLimited(1))));
+        assert!(l.check(t0 + Duration::from_millis(500)).is_ok());
+        assert!(l.check(t0 + Duration::from_millis(500)).is_err());
+        assert!(l.check(t0 + Duration::from_secs(5)).is_ok());
     }
 }

@@ -115,6 +115,10 @@ pub enum InvalidToken {
     /// Token scope beyond the grant's ceiling.
     #[error("token scope exceeds its grant")]
     BeyondGrant,
+    /// The root keys could not be refreshed for longer than the allowed
+    /// staleness: fail closed rather than trust keys that may be revoked.
+    #[error("root keys are stale")]
+    KeysStale,
 }
 
 impl InvalidToken {
