@@ -186,10 +186,16 @@ async fn main() -> anyhow::Result<()> {
     let auth = builder.build().await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "environment API listening");
-    axum::serve(listener, app(&auth, &args.environment))
-        .with_graceful_shutdown(async {
+    // The same connection limits as the sidecar: header-read timeout,
+    // header cap, connection cap, bounded graceful drain.
+    authproxy::serve::serve(
+        listener,
+        app(&auth, &args.environment),
+        authproxy::serve::Limits::default(),
+        async {
             let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+        },
+    )
+    .await?;
     Ok(())
 }

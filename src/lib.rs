@@ -43,3 +43,13 @@ pub mod workload;
 
 pub use authorization::{Authorization, Name, ScopeSet};
 pub use workload::{Environment, WorkloadId};
+
+/// Entry points for the fuzz targets in `fuzz/` (built with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses a token request body as the token endpoint does.
+    pub fn token_form(body: &[u8]) -> bool {
+        crate::server::Form::parse(body).is_ok()
+    }
+}

@@ -144,7 +144,7 @@ fn fail_usage(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(EX_USAGE)
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn run(sidecar: Arc<Sidecar>) -> anyhow::Result<()> {
     let addr = sidecar.config().server.listen;
     let listener = tokio::net::TcpListener::bind(addr)

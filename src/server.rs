@@ -460,7 +460,7 @@ async fn proxy(
 
 /// The parameters of a token request that authproxy reads.
 #[derive(Default)]
-struct Form {
+pub(crate) struct Form {
     grant_type: Option<String>,
     scope: Option<String>,
     client_secret: Option<String>,
@@ -468,7 +468,7 @@ struct Form {
 }
 
 impl Form {
-    fn parse(body: &[u8]) -> Result<Self, TokenError> {
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, TokenError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
             .map_err(|e| TokenError::InvalidRequest(format!("malformed form body: {e}")))?;
         let mut form = Self::default();

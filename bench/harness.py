@@ -1,0 +1,155 @@
+"""Shared by bench/load.py and bench/soak.py: start a release sidecar and the
+example upstream on loopback, drive them with wrk, read /proc for memory.
+
+Everything listens on 127.0.0.1 only, and every wrk run is bounded in time.
+"""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+REL = os.path.join(ROOT, "target", "release")
+AUTHPROXY = os.path.join(REL, "authproxy")
+UPSTREAM = os.path.join(REL, "examples", "environment_api")
+MINT = os.path.join(REL, "examples", "mint_tokens")
+
+
+def build():
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "authproxy",
+                    "--example", "environment_api", "--example", "mint_tokens"],
+                   cwd=ROOT, check=True)
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is required: apt-get install -y wrk")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_http(url, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.002)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def status(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def rss_mib(pid):
+    return int(status(pid)["VmRSS"].split()[0]) / 1024
+
+
+def peak_mib(pid):
+    return int(status(pid)["VmHWM"].split()[0]) / 1024
+
+
+class Stack:
+    """A sidecar (app/web) with proxy mode on, and the example upstream."""
+
+    def __init__(self, reuse=True, extra_env=None):
+        self.dir = tempfile.mkdtemp(prefix="authproxy-bench-")
+        self.state = os.path.join(self.dir, "state")
+        self.sidecar_port = free_port()
+        self.api_port = free_port()
+        self.sidecar_url = f"http://127.0.0.1:{self.sidecar_port}"
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        env = dict(os.environ,
+                   RUST_LOG="warn",
+                   AUTHPROXY__SERVER__LISTEN=f"127.0.0.1:{self.sidecar_port}",
+                   AUTHPROXY__TRUST__STATE_DIR=self.state,
+                   AUTHPROXY__TOKENS__AUDIENCE=self.api_url,
+                   AUTHPROXY__TOKENS__REUSE="true" if reuse else "false",
+                   AUTHPROXY__PROXY__UPSTREAM=self.api_url,
+                   **(extra_env or {}))
+        t0 = time.perf_counter()
+        self.sidecar = subprocess.Popen(
+            [AUTHPROXY, "serve", "--config", "config/authproxy.toml", "--log-format", "json"],
+            cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        wait_http(self.sidecar_url + "/readyz")
+        self.ready_ms = (time.perf_counter() - t0) * 1000
+        self.api = subprocess.Popen(
+            [UPSTREAM, "--listen", f"127.0.0.1:{self.api_port}",
+             "--jwks-url", self.sidecar_url + "/.well-known/jwks.json",
+             "--audience", self.api_url, "--environment", "main"],
+            cwd=ROOT, env=dict(os.environ, RUST_LOG="warn"), stderr=subprocess.DEVNULL)
+        wait_http(self.api_url + "/healthz")
+
+    def token(self, scope=None):
+        data = b"grant_type=client_credentials" + (f"&scope={scope}".encode() if scope else b"")
+        req = urllib.request.Request(self.sidecar_url + "/oauth2/token", data=data,
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        with urllib.request.urlopen(req) as r:
+            return json.load(r)["access_token"]
+
+    def mint_file(self, n):
+        path = os.path.join(self.dir, "tokens.txt")
+        with open(path, "w") as f:
+            subprocess.run([MINT, self.state, str(n), self.api_url, "main", "app/web"],
+                           stdout=f, check=True)
+        return path
+
+    def stop(self):
+        for p in (self.api, self.sidecar):
+            p.terminate()
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+RESULT = re.compile(r"RESULT requests=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+) errors=(\d+) non2xx=(\d+)")
+
+
+def wrk(url, script, connections, seconds, threads=None, env=None):
+    """Runs wrk; returns dict(rps, p50_ms, p99_ms, errors, non2xx, requests)."""
+    threads = threads or min(2, connections)
+    e = dict(os.environ, BENCH_DIR=BENCH, WRK_THREADS=str(threads), **(env or {}))
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
+         "--timeout", "5s", "-s", os.path.join(BENCH, "wrk", script), url],
+        env=e, capture_output=True, text=True, timeout=seconds + 30)
+    m = RESULT.search(out.stdout)
+    if not m:
+        raise RuntimeError(f"wrk said:\n{out.stdout}\n{out.stderr}")
+    req, dur, p50, p99, err, non2xx = map(int, m.groups())
+    return dict(rps=req / (dur / 1e6), p50_ms=p50 / 1000, p99_ms=p99 / 1000,
+                errors=err, non2xx=non2xx, requests=req)
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    with open("/proc/meminfo") as f:
+        total = int(f.readline().split()[1]) / 1024 / 1024
+    return f"{os.cpu_count()} cores ({cpu}), {total:.0f} GiB"

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Load benchmark of the whole stack on this machine, in one run.
+
+Starts a release sidecar and the example upstream on loopback, drives them
+with wrk (bounded in time), and reports every figure as a ratio against a
+baseline measured in the same run — these machines are noisy, ratios are
+what can be compared. Writes bench/RESULTS.md and prints it.
+
+    python3 bench/load.py [--seconds N]      (default 5 s per run)
+"""
+import argparse
+import datetime
+import os
+import statistics
+import subprocess
+import time
+
+import harness as h
+
+p = argparse.ArgumentParser()
+p.add_argument("--seconds", type=int, default=5)
+p.add_argument("--out", default=os.path.join(h.BENCH, "RESULTS.md"))
+args = p.parse_args()
+S = args.seconds
+
+h.build()
+rows, targets = [], []
+
+
+def row(name, r, base=None):
+    ratio = f"{r['rps'] / base['rps']:.2f}" if base else "—"
+    rows.append(f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {ratio} | {r['errors'] + r['non2xx']} |")
+    return r
+
+
+def target(what, value, limit, ok, unit=""):
+    targets.append(f"| {what} | {value}{unit} | {limit}{unit} | {'met' if ok else '**not met**'} |")
+
+
+# Startup and idle footprint (fresh stacks, median of 5).
+ready, idle = [], []
+for _ in range(5):
+    st = h.Stack()
+    time.sleep(1.0)
+    ready.append(st.ready_ms)
+    idle.append(h.rss_mib(st.sidecar.pid))
+    st.stop()
+
+# --- token endpoint, reuse on / off, against /healthz of the same server.
+for reuse in (True, False):
+    st = h.Stack(reuse=reuse)
+    label = "reuse on" if reuse else "reuse off"
+    for c in (1, 16, 64):
+        base = row(f"sidecar `GET /healthz`, {c} conn", h.wrk(st.sidecar_url + "/healthz", "get.lua", c, S))
+        tok = row(f"sidecar `POST /oauth2/token` ({label}), {c} conn",
+                  h.wrk(st.sidecar_url + "/oauth2/token", "token.lua", c, S), base)
+        if reuse and c == 16:
+            token_ratio = tok["rps"] / base["rps"]
+    st.stop()
+
+# --- layer and proxy, one stack; memory read before and after.
+st = h.Stack()
+pid = st.sidecar.pid
+rss_before = h.rss_mib(pid)
+t = st.token()
+api = st.api_url
+bare = row("upstream `GET /healthz` (open, no Authorization header), 16 conn", h.wrk(api + "/healthz", "get.lua", 16, S))
+base = row("upstream `GET /healthz` (open, same 1.4 KiB Authorization header), 16 conn",
+           h.wrk(api + "/healthz", "get.lua", 16, S, env={"TOKEN": t}))
+prot = row("upstream `GET /environment`, reused token, 16 conn",
+           h.wrk(api + "/environment", "get.lua", 16, S, env={"TOKEN": t}), base)
+layer_ratio = prot["rps"] / base["rps"]
+bare_ratio = prot["rps"] / bare["rps"]
+n = int(base["rps"] * S * 1.5) + 1000
+tokens = st.mint_file(n)
+row(f"upstream `GET /environment`, new token per request ({n:,} minted), 16 conn",
+    h.wrk(api + "/environment", "tokens_file.lua", 16, S, env={"TOKENS_FILE": tokens}), base)
+direct = row("upstream `GET /environment` direct with a token, 16 conn",
+             h.wrk(api + "/environment", "get.lua", 16, S, env={"TOKEN": t}))
+proxied = row("sidecar `GET /api/environment` (proxy), 16 conn",
+              h.wrk(st.sidecar_url + "/api/environment", "get.lua", 16, S), direct)
+proxy_ratio = proxied["rps"] / direct["rps"]
+time.sleep(1.0)
+rss_after = h.rss_mib(pid)
+peak = h.peak_mib(pid)
+st.stop()
+
+size_mib = os.path.getsize(h.AUTHPROXY) / 1024 / 1024
+target("token endpoint (reuse on, 16 conn) / sidecar /healthz", f"{token_ratio:.2f}", "≥ 0.50", token_ratio >= 0.5)
+target("protected route, reused token / open route with the same headers", f"{layer_ratio:.2f}", "≥ 0.80", layer_ratio >= 0.8)
+target("(for information) protected route / open route without the token header", f"{bare_ratio:.2f}", "≥ 0.80", bare_ratio >= 0.8)
+target("proxy / direct", f"{proxy_ratio:.2f}", "≥ 0.60", proxy_ratio >= 0.6)
+target("sidecar idle RSS (median of 5)", f"{statistics.median(idle):.1f}", "≤ 10", statistics.median(idle) <= 10, " MiB")
+target("sidecar RSS after the load", f"{rss_after:.1f}", "≤ 32", rss_after <= 32, " MiB")
+target("exec → 200 on /readyz (median of 5)", f"{statistics.median(ready):.0f}", "≤ 100", statistics.median(ready) <= 100, " ms")
+
+rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=h.ROOT, capture_output=True, text=True).stdout.strip()
+report = f"""# authproxy load benchmark
+
+Produced by `python3 bench/load.py --seconds {S}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit `{rev or 'uncommitted'}`, on {h.machine()}.
+Load generator: wrk (2 threads) on the same machine, loopback only; each run {S} s. Ratios are against the baseline in the same run (column "ratio" = this row's req/s ÷ the baseline row above it), because absolute numbers on a shared 2-core machine are noise.
+
+## Targets
+
+| what | measured | target | |
+|---|---|---|---|
+{chr(10).join(targets)}
+
+## Throughput and latency
+
+| run | req/s | p50 ms | p99 ms | ratio | errors |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+## Footprint
+
+| | |
+|---|---|
+| exec → 200 on `/readyz` | median {statistics.median(ready):.0f} ms (min {min(ready):.0f}, max {max(ready):.0f}) |
+| sidecar RSS idle | median {statistics.median(idle):.1f} MiB |
+| sidecar RSS before / after the layer+proxy load | {rss_before:.1f} / {rss_after:.1f} MiB |
+| sidecar peak RSS (VmHWM) | {peak:.1f} MiB |
+| release binary size | {size_mib:.1f} MiB |
+"""
+with open(args.out, "w") as f:
+    f.write(report)
+print(report)

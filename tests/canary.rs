@@ -1,0 +1,111 @@
+//! The canary: the daemon's routes, the layer and the proxy run through their
+//! flows with every crate logging at TRACE into a buffer; afterwards no
+//! access token, grant, private key, or `eyJ…` JWT fragment may appear in it.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/environment_api.rs"]
+mod environment_api;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use reqwest::Method;
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs_even_at_trace() {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let capture = Capture(Arc::clone(&buf));
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || capture.clone())
+        .init();
+    let mut secrets: Vec<(String, String)> = Vec::new();
+
+    // A sidecar whose upstream is the example API behind the layer.
+    let first = spawn_sidecar(Options {
+        declarations: E2E_PROJECT,
+        ..Options::default()
+    })
+    .await;
+    let auth = authorizer_for(&first).await;
+    let (api, _stop) = serve(environment_api::app(&auth, "main")).await;
+    let sink_dir = tempfile::tempdir().unwrap();
+    let sink = sink_dir.path().join("token");
+    let s = spawn_sidecar(Options {
+        declarations: E2E_PROJECT,
+        state_dir: Some(first.state_dir.clone()),
+        sections: Box::leak(
+            format!("[proxy]\nupstream = \"{api}\"\n[sink]\npath = \"{}\"\n", sink.display())
+                .into_boxed_str(),
+        ),
+        ..Options::default()
+    })
+    .await;
+
+    // Token endpoint: issue, reuse, narrow, refuse.
+    for scope in [None, None, Some("env:view"), Some("task:operate:notify")] {
+        let mut form = vec![("grant_type", "client_credentials")];
+        if let Some(sc) = scope {
+            form.push(("scope", sc));
+        }
+        let (_, body) = request_token(&s.token_url(), &form).await;
+        if let Some(t) = body["access_token"].as_str() {
+            secrets.push(("access token".into(), t.to_owned()));
+        }
+    }
+    let t = token(&s, None).await;
+    // The layer: accept, refuse for scope, refuse forged.
+    call(Method::GET, &format!("{api}/environment"), Some(&t)).await;
+    call(Method::POST, &format!("{api}/tasks/send-report/runs"), Some(&t)).await;
+    call(Method::POST, &format!("{api}/tasks/notify/runs"), Some(&t)).await;
+    let mut forged = t.clone();
+    forged.push('x');
+    call(Method::GET, &format!("{api}/environment"), Some(&forged)).await;
+    // The proxy, with a client Authorization to drop.
+    let res = client()
+        .get(format!("{}/api/environment", s.url))
+        .header("authorization", format!("Bearer {t}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    call(Method::POST, &format!("{}/api/tasks/send-report/runs", s.url), None).await;
+    // Reload and the sink.
+    s.sidecar.reload(now()).unwrap();
+    secrets.push(("sink token".into(), std::fs::read_to_string(&sink).unwrap()));
+    secrets.push(("grant".into(), s.sidecar.grant().compact().to_owned()));
+    let root = std::fs::read_to_string(first.state_dir.join("root-key.pem")).unwrap();
+    for line in root.lines().filter(|l| !l.starts_with("-----")) {
+        secrets.push(("root key".into(), line.to_owned()));
+    }
+    secrets.push(("token".into(), t));
+
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let log = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+    // The capture worked and saw the flows at trace level.
+    assert!(log.contains("token issued"), "nothing captured");
+    assert!(log.contains("TRACE"), "trace level not captured");
+    for (what, secret) in &secrets {
+        for part in secret.split('.').filter(|p| p.len() > 16) {
+            assert!(!log.contains(part), "a fragment of a {what} reached the logs");
+        }
+    }
+    assert!(!log.contains("eyJ"), "a JWT fragment reached the logs");
+}
