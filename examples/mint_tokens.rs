@@ -37,7 +37,11 @@ fn main() -> anyhow::Result<()> {
     )?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for _ in 0..n.parse::<usize>()? {
-        writeln!(out, "{}", mint(&key, &grant, audience, &scope, 600, now)?.token)?;
+        writeln!(
+            out,
+            "{}",
+            mint(&key, &grant, audience, &scope, 600, now)?.token
+        )?;
     }
     Ok(())
 }

@@ -52,8 +52,11 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
         declarations: E2E_PROJECT,
         state_dir: Some(first.state_dir.clone()),
         sections: Box::leak(
-            format!("[proxy]\nupstream = \"{api}\"\n[sink]\npath = \"{}\"\n", sink.display())
-                .into_boxed_str(),
+            format!(
+                "[proxy]\nupstream = \"{api}\"\n[sink]\npath = \"{}\"\n",
+                sink.display()
+            )
+            .into_boxed_str(),
         ),
         ..Options::default()
     })
@@ -73,7 +76,12 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
     let t = token(&s, None).await;
     // The layer: accept, refuse for scope, refuse forged.
     call(Method::GET, &format!("{api}/environment"), Some(&t)).await;
-    call(Method::POST, &format!("{api}/tasks/send-report/runs"), Some(&t)).await;
+    call(
+        Method::POST,
+        &format!("{api}/tasks/send-report/runs"),
+        Some(&t),
+    )
+    .await;
     call(Method::POST, &format!("{api}/tasks/notify/runs"), Some(&t)).await;
     let mut forged = t.clone();
     forged.push('x');
@@ -86,7 +94,12 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    call(Method::POST, &format!("{}/api/tasks/send-report/runs", s.url), None).await;
+    call(
+        Method::POST,
+        &format!("{}/api/tasks/send-report/runs", s.url),
+        None,
+    )
+    .await;
     // Reload and the sink.
     s.sidecar.reload(now()).unwrap();
     secrets.push(("sink token".into(), std::fs::read_to_string(&sink).unwrap()));
@@ -104,7 +117,10 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
     assert!(log.contains("TRACE"), "trace level not captured");
     for (what, secret) in &secrets {
         for part in secret.split('.').filter(|p| p.len() > 16) {
-            assert!(!log.contains(part), "a fragment of a {what} reached the logs");
+            assert!(
+                !log.contains(part),
+                "a fragment of a {what} reached the logs"
+            );
         }
     }
     assert!(!log.contains("eyJ"), "a JWT fragment reached the logs");

@@ -6,7 +6,9 @@ use authproxy::declarations::Declarations;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(d) = Declarations::parse(text, std::path::Path::new("fuzz.yaml")) {
         let _ = d.table();
         for (_, eff) in d.workloads() {

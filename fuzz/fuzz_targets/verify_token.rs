@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+use authproxy::Environment;
 use authproxy::keys::SigningKey;
 use authproxy::verify::{RootKeys, Verifier};
-use authproxy::Environment;
 use libfuzzer_sys::fuzz_target;
 
 fn setup() -> &'static (Verifier, RootKeys) {
