@@ -1,45 +1,42 @@
 #!/usr/bin/env python3
 """Footprint of the release sidecar: time from exec to a 200 on /readyz, and
-RSS when idle. Usage: bench/startup.py [BINARY] [RUNS]. Loopback only."""
-import os, socket, subprocess, sys, tempfile, time, urllib.request
+RSS when idle (the shipped config, proxy mode off). Loopback only.
 
-BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/authproxy"
-RUNS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+    python3 bench/startup.py [RUNS]
+"""
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
 
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+import harness as h
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+
 
 def one(state):
-    port = free_port()
+    port = h.free_port()
     env = dict(os.environ, AUTHPROXY__SERVER__LISTEN=f"127.0.0.1:{port}",
                AUTHPROXY__TRUST__STATE_DIR=state, RUST_LOG="warn")
     t0 = time.perf_counter()
-    p = subprocess.Popen([BIN, "serve", "--config", "config/authproxy.toml"], env=env,
-                         stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/readyz"
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.001)
+    p = subprocess.Popen([h.AUTHPROXY, "serve", "--config", "config/authproxy.toml"],
+                         cwd=h.ROOT, env=env, stderr=subprocess.DEVNULL)
+    h.wait_http(f"http://127.0.0.1:{port}/readyz")
     ready_ms = (time.perf_counter() - t0) * 1000
     time.sleep(1.0)
-    rss = rss_kib(p.pid)
-    p.terminate(); p.wait()
+    rss = h.rss_mib(p.pid)
+    p.terminate()
+    p.wait()
     return ready_ms, rss
 
+
+h.build()
 with tempfile.TemporaryDirectory() as d:
-    one(d)  # first start creates the root key; measure steady starts
+    one(d)  # the first start creates the root key; measure steady starts
     res = [one(d) for _ in range(RUNS)]
-ready = sorted(r[0] for r in res); rss = sorted(r[1] for r in res)
-print(f"exec -> /readyz 200: median {ready[len(ready)//2]:.1f} ms (min {ready[0]:.1f}, max {ready[-1]:.1f}) over {RUNS} runs")
-print(f"idle RSS: median {rss[len(rss)//2]/1024:.1f} MiB (min {rss[0]/1024:.1f}, max {rss[-1]/1024:.1f})")
+ready = [r[0] for r in res]
+rss = [r[1] for r in res]
+print(f"exec -> /readyz 200: median {statistics.median(ready):.1f} ms (min {min(ready):.1f}, max {max(ready):.1f}) over {RUNS} runs")
+print(f"idle RSS: median {statistics.median(rss):.1f} MiB (min {min(rss):.1f}, max {max(rss):.1f})")

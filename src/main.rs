@@ -243,15 +243,8 @@ fn check(config: Option<PathBuf>, declarations: Option<PathBuf>) -> ExitCode {
 }
 
 fn token(endpoint: &str, scopes: &[String], format: Format) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("authproxy: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = client_runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(authproxy::client::fetch_token(endpoint, scopes)) {
         Ok((t, raw)) => {
@@ -278,15 +271,8 @@ fn health(endpoint: &str) -> ExitCode {
             .build()?;
         client.get(&url).send().await.map(|r| r.status())
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("authproxy: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = client_runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(check) {
         Ok(s) if s.is_success() => ExitCode::SUCCESS,
@@ -297,6 +283,20 @@ fn health(endpoint: &str) -> ExitCode {
         Err(e) => {
             eprintln!("authproxy: {url}: unreachable: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A single-threaded runtime for the client verbs (`token`, `health`).
+fn client_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("authproxy: cannot start a runtime: {e}");
+            None
         }
     }
 }

@@ -550,14 +550,7 @@ async fn jku_x5u_and_kid_injection_fetch_nothing_named_in_the_token() {
 #[tokio::test]
 async fn unknown_kids_cause_at_most_one_refetch_per_interval() {
     let fx = Fx::new().await;
-    let jwks: Value = client()
-        .get(format!("{}/.well-known/jwks.json", fx.sidecar.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = jwks_json(&fx.sidecar).await;
     let (url, hits, _stop) = counting_jwks(jwks).await;
     let auth = Authorizer::builder()
         .jwks_url(url)
@@ -628,14 +621,7 @@ async fn a_rotated_root_is_picked_up_on_its_first_unknown_kid() {
 #[tokio::test]
 async fn cached_keys_keep_working_when_the_jwks_url_is_down() {
     let fx = Fx::new().await;
-    let jwks: Value = client()
-        .get(format!("{}/.well-known/jwks.json", fx.sidecar.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = jwks_json(&fx.sidecar).await;
     let (url, _hits, stop) = counting_jwks(jwks).await;
     let auth = Authorizer::builder()
         .jwks_url(url)

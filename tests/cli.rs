@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::*;
 
@@ -120,110 +119,20 @@ fn a_root_key_readable_by_others_refuses_to_start() {
     );
 }
 
-/// A running daemon, killed on drop.
-struct Daemon {
-    child: Child,
-    url: String,
-    log: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_daemon(config: &Path, rust_log: &str) -> Daemon {
-    start_daemon_with(config, rust_log, "text")
-}
-
-fn start_daemon_with(config: &Path, rust_log: &str, format: &str) -> Daemon {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--log-format",
-            format,
-        ])
-        .env("RUST_LOG", rust_log)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut daemon = Daemon {
-        child,
-        url: String::new(),
-        log: rx,
-    };
-    let stderr = stderr.unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let line = daemon
-            .log
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("daemon did not start");
-        if let Some(addr) = line.split("listen=").nth(1) {
-            daemon.url = format!("http://{}", addr.split_whitespace().next().unwrap());
-            return daemon;
-        }
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-            && let Some(addr) = v["fields"]["listen"].as_str()
-        {
-            daemon.url = format!("http://{addr}");
-            return daemon;
-        }
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "daemon did not exit in {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test]
 async fn the_daemon_serves_then_stops_cleanly_on_sigterm_and_sigint() {
     for sig in ["-TERM", "-INT"] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = write_config(dir.path(), &Options::default());
-        let mut d = start_daemon(&cfg, "info");
+        let mut d = Daemon::start(&cfg, "text", "info");
         let ready = client()
             .get(format!("{}/readyz", d.url))
             .send()
             .await
             .unwrap();
         assert_eq!(ready.status(), 200);
-        signal(&d.child, sig);
-        let st = wait_exit(&mut d.child, Duration::from_secs(10));
+        d.signal(sig);
+        let st = d.wait_exit(Duration::from_secs(10));
         assert!(st.success(), "{sig}: {st:?}");
         let log: Vec<String> = d.log.try_iter().collect();
         assert!(log.iter().any(|l| l.contains("stopped")), "{log:#?}");
@@ -236,21 +145,21 @@ async fn the_daemon_serves_then_stops_cleanly_on_sigterm_and_sigint() {
 async fn logs_carry_the_audit_line_but_never_a_secret() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &Options::default());
-    let mut d = start_daemon(&cfg, "trace");
-    let res: serde_json::Value = client()
-        .post(format!("{}/oauth2/token", d.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=client_credentials&scope=env:view")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut d = Daemon::start(&cfg, "text", "trace");
+    let res: serde_json::Value = post_form(
+        &format!("{}/oauth2/token", d.url),
+        "grant_type=client_credentials&scope=env:view",
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     let token = res["access_token"].as_str().unwrap().to_owned();
     let claims = part(&token, 1);
-    signal(&d.child, "-TERM");
-    wait_exit(&mut d.child, Duration::from_secs(10));
+    d.signal("-TERM");
+    d.wait_exit(Duration::from_secs(10));
     let log = d.log.try_iter().collect::<Vec<_>>().join("\n");
     let audit = log
         .lines()

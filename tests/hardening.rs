@@ -255,10 +255,7 @@ async fn the_optional_rate_limit_answers_429_with_retry_after() {
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for _ in 0..8 {
-        let res = client()
-            .post(s.token_url())
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("grant_type=client_credentials")
+        let res = post_form(&s.token_url(), "grant_type=client_credentials")
             .send()
             .await
             .unwrap();
@@ -298,14 +295,7 @@ async fn the_optional_rate_limit_answers_429_with_retry_after() {
 #[tokio::test]
 async fn stale_keys_keep_working_up_to_the_limit_then_fail_closed() {
     let s = spawn_sidecar(Options::default()).await;
-    let jwks: serde_json::Value = client()
-        .get(format!("{}/.well-known/jwks.json", s.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: serde_json::Value = jwks_json(&s).await;
     let key_server = axum::Router::new().fallback(move || {
         let j = jwks.clone();
         async move { axum::Json(j) }

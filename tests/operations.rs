@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -15,99 +12,6 @@ use common::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const BIN: &str = env!("CARGO_BIN_EXE_authproxy");
-
-struct Daemon {
-    child: Child,
-    url: String,
-    log: Receiver<String>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn start(config: &Path, format: &str) -> Self {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-                "--log-format",
-                format,
-            ])
-            .env("AUTHPROXY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info,authproxy=debug")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let d = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log: rx,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "daemon did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        d
-    }
-
-    fn signal(&self, sig: &str) {
-        assert!(
-            Command::new("kill")
-                .args([sig, &self.child.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-
-    /// Waits for a log line containing `needle`.
-    fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let line = self
-                .log
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
 
 async fn metrics(url: &str) -> String {
     client()
@@ -133,10 +37,7 @@ fn metric(text: &str, series: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_name_and_count_tokens_grant_and_proxy() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let closed = closed_addr();
     let ok = Router::new().fallback(|| async { "fine" });
     let (up, _stop) = serve(ok).await;
     let good = spawn_sidecar(Options {
@@ -294,7 +195,7 @@ async fn sighup_reloads_good_declarations_and_keeps_the_old_on_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &Options::default());
     let decl = dir.path().join("project.yaml");
-    let mut d = Daemon::start(&cfg, "text");
+    let mut d = Daemon::start(&cfg, "text", "info,authproxy=debug");
     let (_, before) = scope_of(&d.url).await;
     assert_eq!(before["scope"], "task:operate:send-report env:view");
     let grant_before = part(before["access_token"].as_str().unwrap(), 1)["grant"].clone();
@@ -362,7 +263,7 @@ async fn sigterm_during_a_slow_proxied_request_still_returns_it_whole() {
             ..Options::default()
         },
     );
-    let mut d = Daemon::start(&cfg, "text");
+    let mut d = Daemon::start(&cfg, "text", "info,authproxy=debug");
     let url = format!("{}/api/slow", d.url);
     let pending = tokio::spawn(async move {
         client()
@@ -386,7 +287,7 @@ async fn sigterm_during_a_slow_proxied_request_still_returns_it_whole() {
 async fn shutdown_completes_with_idle_keep_alive_connections_open() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &Options::default());
-    let mut d = Daemon::start(&cfg, "text");
+    let mut d = Daemon::start(&cfg, "text", "info,authproxy=debug");
     let addr = d.url.trim_start_matches("http://").to_owned();
     // Three keep-alive connections, each having completed one request.
     let mut conns = Vec::new();
@@ -428,7 +329,7 @@ async fn health(url: &str) -> bool {
 async fn health_is_zero_when_ready_and_non_zero_when_down() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &Options::default());
-    let mut d = Daemon::start(&cfg, "text");
+    let mut d = Daemon::start(&cfg, "text", "info,authproxy=debug");
     assert!(health(&d.url).await);
     d.signal("-TERM");
     d.wait_exit(Duration::from_secs(10));
@@ -439,7 +340,7 @@ async fn health_is_zero_when_ready_and_non_zero_when_down() {
 async fn json_logs_carry_request_ids_and_the_audit_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &Options::default());
-    let d = Daemon::start(&cfg, "json");
+    let d = Daemon::start(&cfg, "json", "info,authproxy=debug");
     let res = client()
         .post(format!("{}/oauth2/token", d.url))
         .header("content-type", "application/x-www-form-urlencoded")

@@ -197,10 +197,7 @@ async fn concurrent_requests_share_one_token_even_with_reuse_off() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_502_and_a_slow_one_a_504() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let closed = closed_addr();
     let s = proxied_sidecar(&format!("http://{closed}"), "").await;
     let (st, _, body) = call(reqwest::Method::GET, &format!("{}/api/x", s.url), None).await;
     assert_eq!(st, 502);
@@ -345,10 +342,7 @@ async fn large_bodies_stream_through_with_flat_memory() {
             ..Options::default()
         },
     );
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_authproxy"))
         .args(["serve", "--config", cfg.to_str().unwrap()])
         .env("AUTHPROXY__SERVER__LISTEN", format!("127.0.0.1:{port}"))

@@ -12,10 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 #[tokio::test]
 async fn a_token_request_returns_a_bearer_token_with_every_declared_scope() {
     let s = spawn_sidecar(Options::default()).await;
-    let res = client()
-        .post(s.token_url())
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=client_credentials")
+    let res = post_form(&s.token_url(), "grant_type=client_credentials")
         .send()
         .await
         .unwrap();
@@ -58,14 +55,7 @@ async fn a_token_request_returns_a_bearer_token_with_every_declared_scope() {
 async fn the_chain_verifies_from_the_jwks_alone() {
     let s = spawn_sidecar(Options::default()).await;
     let token = token(&s, Some("env:view")).await;
-    let jwks: JwkSet = client()
-        .get(format!("{}/.well-known/jwks.json", s.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: JwkSet = serde_json::from_value(jwks_json(&s).await).unwrap();
 
     // 1. The root signs the grant.
     let claims = part(&token, 1);
@@ -113,14 +103,7 @@ async fn the_chain_verifies_from_the_jwks_alone() {
 #[tokio::test]
 async fn jwks_publishes_public_root_keys_only() {
     let s = spawn_sidecar(Options::default()).await;
-    let body: serde_json::Value = client()
-        .get(format!("{}/.well-known/jwks.json", s.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: serde_json::Value = jwks_json(&s).await;
     let keys = body["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 1);
     let k = &keys[0];

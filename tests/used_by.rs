@@ -90,10 +90,7 @@ async fn token_explains_a_refusal_and_exits_non_zero() {
 
 #[tokio::test]
 async fn token_explains_an_unreachable_sidecar_and_exits_non_zero() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let closed = closed_addr();
     let url = format!("http://{closed}");
     let out = cli(&["token", "--endpoint", &url]).await;
     assert_eq!(out.status.code(), Some(1));

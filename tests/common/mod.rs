@@ -7,8 +7,12 @@
     clippy::panic
 )] // test helpers: a failure should panic loudly
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
 
 use authproxy::config::Config;
 use authproxy::sidecar::Sidecar;
@@ -237,4 +241,126 @@ pub async fn call(
         .map(|v| v.to_str().unwrap().to_owned());
     let body = res.json().await.unwrap_or(serde_json::Value::Null);
     (status, www, body)
+}
+
+/// A loopback address where nothing listens (bound, then released).
+pub fn closed_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    closed_addr().port()
+}
+
+/// A POST of a form body (`application/x-www-form-urlencoded`).
+pub fn post_form(url: &str, body: &str) -> reqwest::RequestBuilder {
+    client()
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned())
+}
+
+/// The sidecar's JWKS document.
+pub async fn jwks_json(s: &TestSidecar) -> serde_json::Value {
+    client()
+        .get(format!("{}/.well-known/jwks.json", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The real `authproxy serve` binary on a free loopback port, killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub url: String,
+    pub log: Receiver<String>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    pub fn start(config: &Path, format: &str, rust_log: &str) -> Self {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_authproxy"))
+            .args([
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--log-format",
+                format,
+            ])
+            .env("AUTHPROXY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", rust_log)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let d = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log: rx,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "daemon did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d
+    }
+
+    pub fn signal(&self, sig: &str) {
+        assert!(
+            Command::new("kill")
+                .args([sig, &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let line = self
+                .log
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
