@@ -177,7 +177,7 @@ async fn ambiguous_framing_is_refused_and_the_connection_closed() {
 async fn a_non_loopback_host_header_gets_no_token_and_no_proxy() {
     let (up, _stop) = serve(axum::Router::new().fallback(|| async { "upstream" })).await;
     let s = spawn_sidecar(Options {
-        sections: Box::leak(format!("[proxy]\nupstream = \"{up}\"\n").into_boxed_str()),
+        sections: proxy_to(&up),
         ..Options::default()
     })
     .await;
@@ -247,39 +247,45 @@ async fn preflights_get_no_cors_headers() {
 
 #[tokio::test]
 async fn the_optional_rate_limit_answers_429_with_retry_after() {
+    // The bucket arithmetic is unit-tested with a time parameter
+    // (server.rs); here only what holds however slow the machine is.
     let s = spawn_sidecar(Options {
-        server_extra: "rate_limit = 3",
+        server_extra: "rate_limit = 1",
         ..Options::default()
     })
     .await;
-    let mut statuses = Vec::new();
-    let mut retry_after = None;
-    for _ in 0..8 {
+    let started = Instant::now();
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..6 {
         let res = post_form(&s.token_url(), "grant_type=client_credentials")
             .send()
             .await
             .unwrap();
-        statuses.push(res.status().as_u16());
-        if res.status() == 429 {
-            retry_after = res
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_owned());
-            let body: serde_json::Value = res.json().await.unwrap();
-            assert_eq!(body["error"], "slow_down");
+        match res.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                let retry: u64 = res.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1);
+                let body: serde_json::Value = res.json().await.unwrap();
+                assert_eq!(body["error"], "slow_down");
+            }
+            other => panic!("unexpected status {other}"),
         }
     }
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        3,
-        "{statuses:?}"
+    let elapsed = started.elapsed().as_secs_f64();
+    // A burst of 1, then 1 a second.
+    assert!(
+        ok >= 1 && f64::from(ok) <= 1.0 + elapsed.ceil(),
+        "{ok} allowed in {elapsed:.2}s"
     );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 429).count(),
-        5,
-        "{statuses:?}"
-    );
-    assert_eq!(retry_after.as_deref(), Some("1"));
+    if elapsed < 4.0 {
+        assert!(limited >= 1, "no 429 in {elapsed:.2}s");
+    }
     // Without the setting there is no limit.
     let open = spawn_sidecar(Options::default()).await;
     for _ in 0..20 {

@@ -41,12 +41,12 @@ async fn metrics_name_and_count_tokens_grant_and_proxy() {
     let ok = Router::new().fallback(|| async { "fine" });
     let (up, _stop) = serve(ok).await;
     let good = spawn_sidecar(Options {
-        sections: Box::leak(format!("[proxy]\nupstream = \"{up}\"\n").into_boxed_str()),
+        sections: proxy_to(&up),
         ..Options::default()
     })
     .await;
     let bad = spawn_sidecar(Options {
-        sections: Box::leak(format!("[proxy]\nupstream = \"http://{closed}\"\n").into_boxed_str()),
+        sections: proxy_to(&format!("http://{closed}")),
         ..Options::default()
     })
     .await;
@@ -259,7 +259,7 @@ async fn sigterm_during_a_slow_proxied_request_still_returns_it_whole() {
     let cfg = write_config(
         dir.path(),
         &Options {
-            sections: Box::leak(format!("[proxy]\nupstream = \"{up}\"\n").into_boxed_str()),
+            sections: proxy_to(&up),
             ..Options::default()
         },
     );

@@ -140,7 +140,7 @@ async fn the_example_upstream_answers_through_the_proxy_and_refusals_pass_throug
         workload: "worker/web/mailer",
         declarations: E2E_PROJECT,
         state_dir: Some(web.state_dir.clone()),
-        sections: Box::leak(format!("[proxy]\nupstream = \"{api}\"\n").into_boxed_str()),
+        sections: proxy_to(&api),
         ..Options::default()
     })
     .await;
@@ -172,7 +172,7 @@ async fn concurrent_requests_share_one_token_even_with_reuse_off() {
     let (up, seen, _stop) = echo_upstream().await;
     let s = spawn_sidecar(Options {
         tokens_extra: "reuse = false",
-        sections: Box::leak(format!("[proxy]\nupstream = \"{up}\"\n").into_boxed_str()),
+        sections: proxy_to(&up),
         ..Options::default()
     })
     .await;
@@ -338,7 +338,7 @@ async fn large_bodies_stream_through_with_flat_memory() {
     let cfg = write_config(
         dir.path(),
         &Options {
-            sections: Box::leak(format!("[proxy]\nupstream = \"{up}\"\n").into_boxed_str()),
+            sections: proxy_to(&up),
             ..Options::default()
         },
     );

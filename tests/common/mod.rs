@@ -364,3 +364,8 @@ impl Daemon {
         }
     }
 }
+
+/// A `[proxy]` section forwarding to `upstream` (leaked: test options are `'static`).
+pub fn proxy_to(upstream: &str) -> &'static str {
+    Box::leak(format!("[proxy]\nupstream = \"{upstream}\"\n").into_boxed_str())
+}
