@@ -57,7 +57,8 @@ async fn a_slowloris_client_is_disconnected_and_others_are_unaffected() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
-    assert!(started.elapsed() < Duration::from_millis(500));
+    // …well before the slow connection's 1 s deadline has even passed.
+    assert!(started.elapsed() < Duration::from_secs(1));
     // Trickle a header byte every 200 ms: the deadline is for the whole head.
     for _ in 0..10 {
         if slow.write_all(b"X").await.is_err() {

@@ -150,7 +150,7 @@ async fn the_sink_replaces_the_token_at_four_fifths_of_its_life() {
     let cfg = s.sidecar.config().sink.clone().unwrap();
     let task = tokio::spawn(authproxy::sink::run(s.sidecar.clone(), cfg, 0));
     let mut second = first.clone();
-    for _ in 0..100 {
+    for _ in 0..250 {
         second = std::fs::read_to_string(&path).unwrap();
         if second != first {
             break;
