@@ -18,19 +18,46 @@ import time
 import harness as h
 
 p = argparse.ArgumentParser()
-p.add_argument("--seconds", type=int, default=5)
+p.add_argument("--seconds", type=int, default=4)
+p.add_argument("--rounds", type=int, default=3)
 p.add_argument("--out", default=os.path.join(h.BENCH, "RESULTS.md"))
 args = p.parse_args()
 S = args.seconds
+R = args.rounds
 
 h.build()
 rows, targets = [], []
 
 
-def row(name, r, base=None):
-    ratio = f"{r['rps'] / base['rps']:.2f}" if base else "—"
-    rows.append(f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {ratio} | {r['errors'] + r['non2xx']} |")
+def row(name, r, ratio=None):
+    shown = f"{ratio:.2f}" if ratio is not None else "—"
+    rows.append(f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {shown} | {r['errors'] + r['non2xx']} |")
     return r
+
+
+def median_run(runs):
+    """The run with the median throughput, and errors summed over all runs."""
+    runs = sorted(runs, key=lambda r: r["rps"])
+    m = dict(runs[len(runs) // 2])
+    m["errors"] = sum(r["errors"] for r in runs)
+    m["non2xx"] = sum(r["non2xx"] for r in runs)
+    return m
+
+
+def compare(base_name, base, subj_name, subj):
+    """Alternates baseline and subject R times (noise hits both alike);
+    returns the median subject/baseline ratio over the rounds."""
+    b_runs, s_runs, ratios = [], [], []
+    for _ in range(R):
+        b = base()
+        s_ = subj()
+        b_runs.append(b)
+        s_runs.append(s_)
+        ratios.append(s_["rps"] / b["rps"])
+    ratio = statistics.median(ratios)
+    row(base_name, median_run(b_runs))
+    row(subj_name, median_run(s_runs), ratio)
+    return ratio, median_run(b_runs), median_run(s_runs)
 
 
 def target(what, value, limit, ok, unit=""):
@@ -51,11 +78,13 @@ for reuse in (True, False):
     st = h.Stack(reuse=reuse)
     label = "reuse on" if reuse else "reuse off"
     for c in (1, 16, 64):
-        base = row(f"sidecar `GET /healthz`, {c} conn", h.wrk(st.sidecar_url + "/healthz", "get.lua", c, S))
-        tok = row(f"sidecar `POST /oauth2/token` ({label}), {c} conn",
-                  h.wrk(st.sidecar_url + "/oauth2/token", "token.lua", c, S), base)
+        ratio, _, _ = compare(
+            f"sidecar `GET /healthz`, {c} conn",
+            lambda: h.wrk(st.sidecar_url + "/healthz", "get.lua", c, S),
+            f"sidecar `POST /oauth2/token` ({label}), {c} conn",
+            lambda: h.wrk(st.sidecar_url + "/oauth2/token", "token.lua", c, S))
         if reuse and c == 16:
-            token_ratio = tok["rps"] / base["rps"]
+            token_ratio = ratio
     st.stop()
 
 # --- layer and proxy, one stack; memory read before and after.
@@ -64,22 +93,27 @@ pid = st.sidecar.pid
 rss_before = h.rss_mib(pid)
 t = st.token()
 api = st.api_url
-bare = row("upstream `GET /healthz` (open, no Authorization header), 16 conn", h.wrk(api + "/healthz", "get.lua", 16, S))
-base = row("upstream `GET /healthz` (open, same 1.4 KiB Authorization header), 16 conn",
-           h.wrk(api + "/healthz", "get.lua", 16, S, env={"TOKEN": t}))
-prot = row("upstream `GET /environment`, reused token, 16 conn",
-           h.wrk(api + "/environment", "get.lua", 16, S, env={"TOKEN": t}), base)
-layer_ratio = prot["rps"] / base["rps"]
-bare_ratio = prot["rps"] / bare["rps"]
+tok = {"TOKEN": t}
+layer_ratio, base, _ = compare(
+    "upstream `GET /healthz` (open, same 1.4 KiB Authorization header), 16 conn",
+    lambda: h.wrk(api + "/healthz", "get.lua", 16, S, env=tok),
+    "upstream `GET /environment`, reused token, 16 conn",
+    lambda: h.wrk(api + "/environment", "get.lua", 16, S, env=tok))
+bare_ratio, _, _ = compare(
+    "upstream `GET /healthz` (open, no Authorization header), 16 conn",
+    lambda: h.wrk(api + "/healthz", "get.lua", 16, S),
+    "upstream `GET /environment`, reused token, 16 conn",
+    lambda: h.wrk(api + "/environment", "get.lua", 16, S, env=tok))
 n = int(base["rps"] * S * 1.5) + 1000
 tokens = st.mint_file(n)
-row(f"upstream `GET /environment`, new token per request ({n:,} minted), 16 conn",
-    h.wrk(api + "/environment", "tokens_file.lua", 16, S, env={"TOKENS_FILE": tokens}), base)
-direct = row("upstream `GET /environment` direct with a token, 16 conn",
-             h.wrk(api + "/environment", "get.lua", 16, S, env={"TOKEN": t}))
-proxied = row("sidecar `GET /api/environment` (proxy), 16 conn",
-              h.wrk(st.sidecar_url + "/api/environment", "get.lua", 16, S), direct)
-proxy_ratio = proxied["rps"] / direct["rps"]
+fresh = h.wrk(api + "/environment", "tokens_file.lua", 16, S, env={"TOKENS_FILE": tokens})
+row(f"upstream `GET /environment`, new token per request ({n:,} minted), 16 conn", fresh,
+    fresh["rps"] / base["rps"])
+proxy_ratio, direct, proxied = compare(
+    "upstream `GET /environment` direct with a token, 16 conn",
+    lambda: h.wrk(api + "/environment", "get.lua", 16, S, env=tok),
+    "sidecar `GET /api/environment` (proxy), 16 conn",
+    lambda: h.wrk(st.sidecar_url + "/api/environment", "get.lua", 16, S))
 time.sleep(1.0)
 rss_after = h.rss_mib(pid)
 peak = h.peak_mib(pid)
@@ -97,8 +131,8 @@ target("exec → 200 on /readyz (median of 5)", f"{statistics.median(ready):.0f}
 rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=h.ROOT, capture_output=True, text=True).stdout.strip()
 report = f"""# authproxy load benchmark
 
-Produced by `python3 bench/load.py --seconds {S}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit `{rev or 'uncommitted'}`, on {h.machine()}.
-Load generator: wrk (2 threads) on the same machine, loopback only; each run {S} s. Ratios are against the baseline in the same run (column "ratio" = this row's req/s ÷ the baseline row above it), because absolute numbers on a shared 2-core machine are noise.
+Produced by `python3 bench/load.py --seconds {S} --rounds {R}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit `{rev or 'uncommitted'}`, on {h.machine()}.
+Load generator: wrk (2 threads) on the same machine, loopback only; each run {S} s. Every comparison alternates its baseline and its subject {R} times and reports the median run of each and the **median of the per-round ratios** (column "ratio" = subject req/s ÷ baseline req/s, the baseline being the row above), because absolute numbers on a shared 2-core machine swing by ±30% between identical runs. Proxy: added latency = proxied p50/p99 minus direct p50/p99 below.
 
 ## Targets
 
@@ -121,6 +155,7 @@ Load generator: wrk (2 threads) on the same machine, loopback only; each run {S}
 | sidecar RSS before / after the layer+proxy load | {rss_before:.1f} / {rss_after:.1f} MiB |
 | sidecar peak RSS (VmHWM) | {peak:.1f} MiB |
 | release binary size | {size_mib:.1f} MiB |
+| proxy added latency (p50 / p99) | {proxied['p50_ms'] - direct['p50_ms']:+.2f} / {proxied['p99_ms'] - direct['p99_ms']:+.2f} ms |
 """
 with open(args.out, "w") as f:
     f.write(report)

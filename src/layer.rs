@@ -326,6 +326,9 @@ struct Requirement {
     kind: String,
     action: String,
     resource: Option<Resource>,
+    /// The authorization itself when no path parameter is involved,
+    /// resolved once at startup instead of on every request.
+    fixed: Option<Authorization>,
 }
 
 #[derive(Debug)]
@@ -356,17 +359,28 @@ impl Requirement {
             Some(Resource::Param(p)) if p.is_empty() => return Err("empty {} parameter".into()),
             Some(Resource::Param(_)) => Some("x"),
         };
-        Authorization::from_parts(kind, action, probe).map_err(|e| e.to_string())?;
+        let probed = Authorization::from_parts(kind, action, probe).map_err(|e| e.to_string())?;
+        let fixed = match &resource {
+            Some(Resource::Param(_)) => None,
+            _ => Some(probed),
+        };
         Ok(Self {
             kind: kind.to_owned(),
             action: action.to_owned(),
             resource,
+            fixed,
         })
     }
 
     /// The authorization this request needs, or `Err(display)` when the path
     /// parameter is not a valid name (no token can cover it).
-    async fn resolve(&self, parts: &mut Parts) -> Result<Authorization, String> {
+    async fn resolve(
+        &self,
+        parts: &mut Parts,
+    ) -> Result<std::borrow::Cow<'_, Authorization>, String> {
+        if let Some(fixed) = &self.fixed {
+            return Ok(std::borrow::Cow::Borrowed(fixed));
+        }
         let resource = match &self.resource {
             None => None,
             Some(Resource::Literal(l)) => Some(l.clone()),
@@ -384,16 +398,19 @@ impl Requirement {
                 Some(value)
             }
         };
-        let shown = match &resource {
+        // Only built when refusing: the scope as the client should ask for it.
+        let shown = || match &resource {
             Some(r) => format!("{}:{}:{r}", self.kind, self.action),
             None => format!("{}:{}", self.kind, self.action),
         };
         if let Some(r) = &resource
             && Name::parse(r).is_err()
         {
-            return Err(shown);
+            return Err(shown());
         }
-        Authorization::from_parts(&self.kind, &self.action, resource.as_deref()).map_err(|_| shown)
+        Authorization::from_parts(&self.kind, &self.action, resource.as_deref())
+            .map(std::borrow::Cow::Owned)
+            .map_err(|_| shown())
     }
 }
 
