@@ -58,6 +58,13 @@ def status(pid):
     return out
 
 
+def cpu_seconds(pid):
+    """User + system CPU time consumed so far by a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid):
     return int(status(pid)["VmRSS"].split()[0]) / 1024
 

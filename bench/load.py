@@ -114,6 +114,17 @@ proxy_ratio, direct, proxied = compare(
     lambda: h.wrk(api + "/environment", "get.lua", 16, S, env=tok),
     "sidecar `GET /api/environment` (proxy), 16 conn",
     lambda: h.wrk(st.sidecar_url + "/api/environment", "get.lua", 16, S))
+# CPU per request, per process: where a proxied request's time goes.
+def cpu_per_request(url, env=None):
+    c0 = {n: h.cpu_seconds(p.pid) for n, p in (("sidecar", st.sidecar), ("upstream", st.api))}
+    r = h.wrk(url, "get.lua", 16, S, env=env)
+    return {n: (h.cpu_seconds(p.pid) - c0[n]) / r["requests"] * 1e6
+            for n, p in (("sidecar", st.sidecar), ("upstream", st.api))}, r
+
+
+cpu_direct, _ = cpu_per_request(api + "/environment", tok)
+cpu_proxy, _ = cpu_per_request(st.sidecar_url + "/api/environment")
+cpu_health, _ = cpu_per_request(st.sidecar_url + "/healthz")
 time.sleep(1.0)
 rss_after = h.rss_mib(pid)
 peak = h.peak_mib(pid)
@@ -145,6 +156,16 @@ Load generator: wrk (2 threads) on the same machine, loopback only; each run {S}
 | run | req/s | p50 ms | p99 ms | ratio | errors |
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
+
+## Where a proxied request's time goes (CPU µs per request, same run)
+
+| request | sidecar | upstream |
+|---|---|---|
+| `GET /environment` direct with a token | — | {cpu_direct['upstream']:.0f} |
+| `GET /api/environment` through the sidecar | {cpu_proxy['sidecar']:.0f} | {cpu_proxy['upstream']:.0f} |
+| `GET /healthz` on the sidecar (one HTTP exchange) | {cpu_health['sidecar']:.0f} | — |
+
+The sidecar runs a single-threaded runtime (one core at most: a sidecar in every container should not claim more), while the upstream's multi-threaded runtime may use both cores. A proxied request costs the sidecar two HTTP exchanges (server side to the workload, client side to the upstream), about {cpu_proxy['sidecar'] / max(cpu_health['sidecar'], 1e-9):.1f}× one exchange; so proxied throughput is bounded by one core at ~{cpu_proxy['sidecar']:.0f} µs per request, against a direct path bounded by the upstream's cores at ~{cpu_direct['upstream']:.0f} µs.
 
 ## Footprint
 
