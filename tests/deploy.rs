@@ -298,7 +298,14 @@ fn the_dockerfile_matches_the_binary() {
     );
     assert!(d.contains(&format!("/out/state {STATE_DIR}")));
     // Everything the build copies exists.
-    for path in ["Cargo.toml", "Cargo.lock", "src", "benches", "examples"] {
+    for path in [
+        "Cargo.toml",
+        "Cargo.lock",
+        ".cargo",
+        "src",
+        "benches",
+        "examples",
+    ] {
         assert!(Path::new(path).exists(), "{path}");
     }
 }
