@@ -40,14 +40,15 @@ struct Store {
 
 #[derive(Clone)]
 struct AppState {
-    environment: String,
+    // Arc: the state is cloned for every request.
+    environment: Arc<str>,
     store: Store,
 }
 
 /// The API's routes, each guarded by the scope it needs.
 pub fn app(auth: &Authorizer, environment: &str) -> Router {
     let state = AppState {
-        environment: environment.to_owned(),
+        environment: environment.into(),
         store: Store::default(),
     };
     let task_scope = || auth.require("task:operate:{name}");
@@ -68,9 +69,21 @@ pub fn app(auth: &Authorizer, environment: &str) -> Router {
         .with_state(state)
 }
 
-async fn show_environment(State(s): State<AppState>, p: Principal) -> Json<serde_json::Value> {
-    let scopes: Vec<String> = p.scopes().iter().map(ToString::to_string).collect();
-    Json(json!({"environment": s.environment, "principal": p.sub(), "scopes": scopes}))
+/// `GET /environment`.
+#[derive(Serialize)]
+struct EnvironmentView<'a> {
+    environment: &'a str,
+    principal: &'a str,
+    scopes: &'a authproxy::ScopeSet,
+}
+
+async fn show_environment(State(s): State<AppState>, p: Principal) -> Response {
+    Json(EnvironmentView {
+        environment: &s.environment,
+        principal: p.sub(),
+        scopes: p.scopes(),
+    })
+    .into_response()
 }
 
 fn lock(store: &Store) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Run>>> {

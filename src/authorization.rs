@@ -164,6 +164,13 @@ impl fmt::Display for Authorization {
     }
 }
 
+impl serde::Serialize for Authorization {
+    /// As its scope string (`task:operate:x`), written without allocating.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl FromStr for Authorization {
     type Err = AuthorizationError;
 
@@ -234,6 +241,13 @@ impl ScopeSet {
     /// Adds one authorization; returns false if it was already there.
     pub fn insert(&mut self, authorization: Authorization) -> bool {
         self.0.insert(authorization)
+    }
+}
+
+impl serde::Serialize for ScopeSet {
+    /// As a list of scope strings in canonical order.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
     }
 }
 
@@ -316,6 +330,15 @@ mod tests {
         ] {
             assert!(bad.parse::<Authorization>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn scope_sets_serialize_as_lists_of_scope_strings() {
+        let s = ScopeSet::parse("env:view task:operate:a").unwrap();
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"["task:operate:a","env:view"]"#
+        );
     }
 
     #[test]
