@@ -147,6 +147,8 @@ Load generator: wrk (2 threads) on the same machine, loopback only; each run {S}
 
 ## Targets
 
+Misses are explained with profile figures in [`PROFILE.md`](PROFILE.md).
+
 | what | measured | target | |
 |---|---|---|---|
 {chr(10).join(targets)}
