@@ -83,14 +83,15 @@ class Stack:
         self.api_port = free_port()
         self.sidecar_url = f"http://127.0.0.1:{self.sidecar_port}"
         self.api_url = f"http://127.0.0.1:{self.api_port}"
-        env = dict(os.environ,
-                   RUST_LOG="warn",
+        env = dict(os.environ)
+        # The production default log level, so logging costs are measured.
+        env.update(RUST_LOG="info",
                    AUTHPROXY__SERVER__LISTEN=f"127.0.0.1:{self.sidecar_port}",
                    AUTHPROXY__TRUST__STATE_DIR=self.state,
                    AUTHPROXY__TOKENS__AUDIENCE=self.api_url,
                    AUTHPROXY__TOKENS__REUSE="true" if reuse else "false",
-                   AUTHPROXY__PROXY__UPSTREAM=self.api_url,
-                   **(extra_env or {}))
+                   AUTHPROXY__PROXY__UPSTREAM=self.api_url)
+        env.update(extra_env or {})
         t0 = time.perf_counter()
         self.sidecar = subprocess.Popen(
             [AUTHPROXY, "serve", "--config", "config/authproxy.toml", "--log-format", "json"],
@@ -101,7 +102,7 @@ class Stack:
             [UPSTREAM, "--listen", f"127.0.0.1:{self.api_port}",
              "--jwks-url", self.sidecar_url + "/.well-known/jwks.json",
              "--audience", self.api_url, "--environment", "main"],
-            cwd=ROOT, env=dict(os.environ, RUST_LOG="warn"), stderr=subprocess.DEVNULL)
+            cwd=ROOT, env=dict(os.environ, RUST_LOG="info"), stderr=subprocess.DEVNULL)
         wait_http(self.api_url + "/healthz")
 
     def token(self, scope=None):

@@ -4,12 +4,13 @@
 //! fetch fails.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm, PublicKeyUse};
 
 use crate::keys::PublicKey;
+use crate::shared::Shared;
 use crate::verify::RootKeys;
 
 /// Largest JWKS document accepted.
@@ -57,7 +58,7 @@ impl KeySource {
 pub(crate) struct KeyStore {
     source: KeySource,
     client: Option<reqwest::Client>,
-    keys: RwLock<Arc<RootKeys>>,
+    keys: Shared<RootKeys>,
     /// Serialises fetches (single-flight) and remembers the last attempt.
     refetch: tokio::sync::Mutex<Option<Instant>>,
     min_refetch_interval: Duration,
@@ -92,7 +93,7 @@ impl KeyStore {
         let store = Self {
             source,
             client,
-            keys: RwLock::new(Arc::new(RootKeys::new())),
+            keys: Shared::new(RootKeys::new()),
             refetch: tokio::sync::Mutex::new(None),
             min_refetch_interval,
             fetched_at: std::sync::atomic::AtomicU64::new(0),
@@ -107,10 +108,7 @@ impl KeyStore {
 
     /// The current keys (a cheap snapshot).
     pub(crate) fn current(&self) -> Arc<RootKeys> {
-        match self.keys.read() {
-            Ok(k) => Arc::clone(&k),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
+        self.keys.load()
     }
 
     /// True if the source can change (file or URL).
@@ -157,11 +155,7 @@ impl KeyStore {
             jsonwebtoken::get_current_timestamp(),
             std::sync::atomic::Ordering::Relaxed,
         );
-        let keys = Arc::new(keys);
-        match self.keys.write() {
-            Ok(mut k) => *k = keys,
-            Err(p) => *p.into_inner() = keys,
-        }
+        self.keys.store(keys);
     }
 
     /// Refetches because a token named an unknown root `kid`. Concurrent

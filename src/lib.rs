@@ -18,6 +18,7 @@
 //! - [`sink`] — keeps a valid token in a file, replaced atomically.
 //! - [`client`] — a client of the token endpoint (`authproxy token`).
 //! - [`telemetry`] — metrics, request ids, log setup.
+//! - `shared` (private) — a value read on every request and swapped rarely.
 //! - [`verify`] — verification of a token and its grant; the [`verify::Principal`].
 //! - [`jwks`] — where an upstream's root keys come from, and their refresh.
 //! - [`layer`] — the tower layer an upstream API puts in front of its routes.
@@ -34,6 +35,7 @@ pub mod layer;
 pub mod proxy;
 pub mod serve;
 pub mod server;
+mod shared;
 pub mod sidecar;
 pub mod sink;
 pub mod telemetry;

@@ -220,14 +220,18 @@ pub async fn run(
     served
 }
 
-/// One span per request, carrying its id (never headers: they may hold tokens).
+/// One span per request, carrying its id (never headers: they may hold
+/// tokens). Only the id: at the default `info` level, formatting method and
+/// path into every request's span cost /healthz ~40% of its throughput; the
+/// id is echoed to the client and forwarded upstream by the proxy, which is
+/// enough to correlate.
 fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
     let id = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path())
+    tracing::info_span!("request", id)
 }
 
 fn now() -> u64 {

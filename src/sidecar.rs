@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
@@ -15,6 +15,7 @@ use crate::grant::{Grant, GrantRequest};
 use crate::issuer::{IssuerError, load_or_create_root_key};
 use crate::keys::{KeyError, SigningKey, jwk_set};
 use crate::proxy::Proxy;
+use crate::shared::Shared;
 use crate::sink::SinkError;
 use crate::telemetry::SidecarMetrics;
 use crate::token::{MintError, Minted, mint};
@@ -71,10 +72,10 @@ const CACHE_SWEEP_AT: usize = 64;
 /// A running sidecar's state. Cheap to share behind an `Arc`.
 pub struct Sidecar {
     config: Config,
-    ceiling: RwLock<Arc<ScopeSet>>,
+    ceiling: Shared<ScopeSet>,
     root: SigningKey,
     key: SigningKey,
-    grant: RwLock<Arc<Grant>>,
+    grant: Shared<Grant>,
     cache: Mutex<HashMap<(String, u64), Arc<Minted>>>,
     proxy: Option<Proxy>,
     sink_due: std::sync::atomic::AtomicU64,
@@ -121,10 +122,10 @@ impl Sidecar {
         };
         let sidecar = Self {
             config,
-            ceiling: RwLock::new(Arc::new(ceiling)),
+            ceiling: Shared::new(ceiling),
             root,
             key,
-            grant: RwLock::new(Arc::new(grant)),
+            grant: Shared::new(grant),
             cache: Mutex::new(HashMap::new()),
             proxy,
             sink_due: std::sync::atomic::AtomicU64::new(0),
@@ -164,10 +165,7 @@ impl Sidecar {
 
     /// The workload's declared authorizations (the grant's ceiling).
     pub fn ceiling(&self) -> Arc<ScopeSet> {
-        match self.ceiling.read() {
-            Ok(c) => Arc::clone(&c),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
+        self.ceiling.load()
     }
 
     /// The sidecar's metrics.
@@ -185,14 +183,8 @@ impl Sidecar {
         let changed = *self.ceiling() != ceiling;
         if changed {
             let grant = issue_grant(&self.config, &ceiling, &self.root, &self.key, now)?;
-            match self.ceiling.write() {
-                Ok(mut c) => *c = Arc::new(ceiling),
-                Err(p) => *p.into_inner() = Arc::new(ceiling),
-            }
-            match self.grant.write() {
-                Ok(mut g) => *g = Arc::new(grant),
-                Err(p) => *p.into_inner() = Arc::new(grant),
-            }
+            self.ceiling.store(ceiling);
+            self.grant.store(grant);
         }
         self.lock_cache().clear();
         Ok(changed)
@@ -200,10 +192,7 @@ impl Sidecar {
 
     /// The current grant.
     pub fn grant(&self) -> Arc<Grant> {
-        match self.grant.read() {
-            Ok(g) => Arc::clone(&g),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        self.grant.load()
     }
 
     /// The trusted root public keys, as an upstream needs them.
@@ -220,10 +209,7 @@ impl Sidecar {
     pub fn renew_grant(&self, now: u64) -> Result<(), StartupError> {
         let grant = issue_grant(&self.config, &self.ceiling(), &self.root, &self.key, now)?;
         tracing::info!(jti = %grant.claims().jti, exp = grant.claims().exp, "grant renewed");
-        match self.grant.write() {
-            Ok(mut g) => *g = Arc::new(grant),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(grant),
-        }
+        self.grant.store(grant);
         self.lock_cache().clear();
         Ok(())
     }
