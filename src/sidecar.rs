@@ -187,6 +187,13 @@ impl Sidecar {
             self.grant.store(grant);
         }
         self.lock_cache().clear();
+        // The token file must not keep authorizations that were just
+        // withdrawn until its next scheduled rewrite.
+        if changed && let Some(sink) = &self.config.sink {
+            let due = crate::sink::refresh(self, sink, now)?;
+            self.sink_due
+                .store(due, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(changed)
     }
 

@@ -166,6 +166,26 @@ async fn the_sink_replaces_the_token_at_four_fifths_of_its_life() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
+#[tokio::test]
+async fn a_reload_that_narrows_the_authorizations_rewrites_the_token_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let s = spawn_sidecar(sink_options(&path, None)).await;
+    let before = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        part(&before, 1)["scope"],
+        "task:operate:send-report env:view"
+    );
+    std::fs::write(
+        s.dir.path().join("project.yaml"),
+        "applications:\n  web:\n    authorizations: [{ type: env, action: view }]\n",
+    )
+    .unwrap();
+    assert!(s.sidecar.reload(now()).unwrap());
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(part(&after, 1)["scope"], "env:view");
+}
+
 #[test]
 fn a_sink_that_cannot_be_written_or_has_nothing_to_write_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
