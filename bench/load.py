@@ -36,9 +36,10 @@ def row(name, r, ratio=None):
 
 
 def median_run(runs):
-    """The run with the median throughput, and errors summed over all runs."""
-    runs = sorted(runs, key=lambda r: r["rps"])
-    m = dict(runs[len(runs) // 2])
+    """Medians of throughput and of each latency percentile over the runs
+    (each independently: one run's stray p99 must not stand for all), and
+    errors summed over all runs."""
+    m = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms")}
     m["errors"] = sum(r["errors"] for r in runs)
     m["non2xx"] = sum(r["non2xx"] for r in runs)
     return m
@@ -143,7 +144,7 @@ rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=h.ROOT, captur
 report = f"""# authproxy load benchmark
 
 Produced by `python3 bench/load.py --seconds {S} --rounds {R}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit `{rev or 'uncommitted'}`, on {h.machine()}.
-Load generator: wrk (2 threads) on the same machine, loopback only; each run {S} s. Every comparison alternates its baseline and its subject {R} times and reports the median run of each and the **median of the per-round ratios** (column "ratio" = subject req/s ÷ baseline req/s, the baseline being the row above), because absolute numbers on a shared 2-core machine swing by ±30% between identical runs. Proxy: added latency = proxied p50/p99 minus direct p50/p99 below.
+Load generator: wrk (2 threads) on the same machine, loopback only; each run {S} s. Every comparison alternates its baseline and its subject {R} times and reports for each the medians of req/s, p50 and p99 over the rounds, and the **median of the per-round ratios** (column "ratio" = subject req/s ÷ baseline req/s, the baseline being the row above), because absolute numbers on a shared 2-core machine swing by ±30% between identical runs. Proxy: added latency = proxied p50/p99 minus direct p50/p99 below.
 
 ## Targets
 

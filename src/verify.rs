@@ -19,7 +19,7 @@
 //! parameter, so expiry and leeway are tested exactly.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::de::DeserializeOwned;
@@ -414,26 +414,24 @@ fn cache_key(s: &str) -> CacheKey {
 /// memory per entry is fixed whatever the token size.
 struct BoundedCache<V> {
     capacity: usize,
-    map: Mutex<HashMap<CacheKey, (u64, V)>>,
+    // RwLock: every request of a reused token reads, only a new token
+    // writes, and an upstream's worker threads should not queue on hits.
+    map: RwLock<HashMap<CacheKey, (u64, V)>>,
 }
 
 impl<V: Clone> BoundedCache<V> {
     fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            map: Mutex::new(HashMap::new()),
+            map: RwLock::new(HashMap::new()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, (u64, V)>> {
-        // Each operation is one map call: a poisoned lock holds a consistent map.
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
+    // Each operation is one map call: a poisoned lock holds a consistent map.
     fn get(&self, key: &CacheKey, now: u64) -> Option<V> {
-        self.lock()
+        self.map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(key)
             .filter(|(until, _)| now < *until)
             .map(|(_, v)| v.clone())
@@ -443,7 +441,10 @@ impl<V: Clone> BoundedCache<V> {
         if self.capacity == 0 {
             return;
         }
-        let mut map = self.lock();
+        let mut map = self
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.len() >= self.capacity {
             map.retain(|_, (u, _)| now < *u);
             // Still full of live entries (a flood of distinct valid tokens):
