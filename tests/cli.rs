@@ -134,7 +134,7 @@ async fn the_daemon_serves_then_stops_cleanly_on_sigterm_and_sigint() {
         d.signal(sig);
         let st = d.wait_exit(Duration::from_secs(10));
         assert!(st.success(), "{sig}: {st:?}");
-        let log: Vec<String> = d.log.try_iter().collect();
+        let log: Vec<String> = d.drain_log();
         assert!(log.iter().any(|l| l.contains("stopped")), "{log:#?}");
     }
 }
@@ -160,7 +160,7 @@ async fn logs_carry_the_audit_line_but_never_a_secret() {
     let claims = part(&token, 1);
     d.signal("-TERM");
     d.wait_exit(Duration::from_secs(10));
-    let log = d.log.try_iter().collect::<Vec<_>>().join("\n");
+    let log = d.drain_log().join("\n");
     let audit = log
         .lines()
         .find(|l| l.contains("token issued"))

@@ -350,6 +350,21 @@ impl Daemon {
         }
     }
 
+    /// Every log line still to come, up to the reader's end of file (the
+    /// process has exited) — not just those already forwarded, which would
+    /// race with the reader thread.
+    pub fn drain_log(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut lines = Vec::new();
+        while let Ok(line) = self
+            .log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            lines.push(line);
+        }
+        lines
+    }
+
     pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         loop {
