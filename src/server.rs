@@ -529,7 +529,7 @@ fn requested_ttl(
 
 /// The requested scopes, which must all be declared; absent or blank means
 /// everything declared.
-fn requested_scope(scope: Option<&str>, sidecar: &Sidecar) -> Result<ScopeSet, TokenError> {
+fn requested_scope(scope: Option<&str>, sidecar: &Sidecar) -> Result<Arc<ScopeSet>, TokenError> {
     let ceiling = sidecar.ceiling();
     let id = &sidecar.config().workload.id;
     if ceiling.is_empty() {
@@ -538,7 +538,8 @@ fn requested_scope(scope: Option<&str>, sidecar: &Sidecar) -> Result<ScopeSet, T
         )));
     }
     let requested = match scope.map(str::trim) {
-        None | Some("") => return Ok((*ceiling).clone()),
+        // The usual request: the whole ceiling, shared, not copied.
+        None | Some("") => return Ok(ceiling),
         Some(s) => ScopeSet::parse(s).map_err(|e| TokenError::InvalidScope(e.to_string()))?,
     };
     let beyond: Vec<String> = requested
@@ -552,7 +553,7 @@ fn requested_scope(scope: Option<&str>, sidecar: &Sidecar) -> Result<ScopeSet, T
             beyond.join(" ")
         )));
     }
-    Ok(requested)
+    Ok(Arc::new(requested))
 }
 
 async fn jwks(State(state): State<AppState>) -> Response {

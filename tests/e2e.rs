@@ -161,23 +161,8 @@ async fn a_token_from_another_environment_under_the_same_root_is_refused() {
     })
     .await;
     // Same root key: both sidecars publish the same JWKS.
-    let jwks = |s: &TestSidecar| format!("{}/.well-known/jwks.json", s.url);
-    let a: serde_json::Value = client()
-        .get(jwks(&main))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let b: serde_json::Value = client()
-        .get(jwks(&staging))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a = jwks_json(&main).await;
+    let b = jwks_json(&staging).await;
     assert_eq!(a, b);
 
     let auth = authorizer_for(&main).await;
