@@ -17,11 +17,11 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo .cargo
+COPY crates crates
 COPY src src
-COPY benches benches
 COPY examples examples
 RUN cargo build --release --locked --target x86_64-unknown-linux-musl \
-      --bin authproxy --example environment_api \
+      -p authproxy --bin authproxy --example environment_api \
  && mkdir -p /out/state \
  && cp target/x86_64-unknown-linux-musl/release/authproxy /out/ \
  && cp target/x86_64-unknown-linux-musl/release/examples/environment_api /out/

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use authproxy::layer::{Authorizer, Principal};
+use authproxy_layer::{Authorizer, Principal};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -73,14 +73,14 @@ pub fn app(auth: &Authorizer, environment: &str) -> Router {
 #[derive(Serialize)]
 struct EnvironmentView<'a> {
     environment: &'a str,
-    principal: &'a str,
-    scopes: &'a authproxy::ScopeSet,
+    principal: String,
+    scopes: &'a authproxy_layer::ScopeSet,
 }
 
 async fn show_environment(State(s): State<AppState>, p: Principal) -> Response {
     Json(EnvironmentView {
         environment: &s.environment,
-        principal: p.sub(),
+        principal: p.sub().to_string(),
         scopes: p.scopes(),
     })
     .into_response()
@@ -107,7 +107,7 @@ async fn trigger_run(
         id: format!("run-{n}"),
         task: name.clone(),
         status: "queued",
-        triggered_by: p.sub().to_owned(),
+        triggered_by: p.sub().to_string(),
     };
     lock(&s.store).entry(name).or_default().push(run.clone());
     (StatusCode::ACCEPTED, Json(run)).into_response()

@@ -6,11 +6,11 @@
 
 use std::io::Write as _;
 
-use authproxy::grant::{Grant, GrantRequest};
-use authproxy::issuer::load_or_create_root_key;
-use authproxy::keys::SigningKey;
-use authproxy::token::mint;
-use authproxy::{Environment, WorkloadId};
+use authproxy_core::grant::{Grant, GrantRequest};
+use authproxy_core::keys::{SigningKey, random_id};
+use authproxy_core::root_key::load_or_create_root_key;
+use authproxy_core::token::{MintRequest, mint};
+use authproxy_core::{Environment, ScopeSet, WorkloadId, clock};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -21,8 +21,8 @@ fn main() -> anyhow::Result<()> {
     let key = SigningKey::generate()?;
     let workload: WorkloadId = workload.parse()?;
     let env = Environment::parse(env)?;
-    let scope = authproxy::ScopeSet::parse("env:view")?;
-    let now = jsonwebtoken::get_current_timestamp();
+    let scope = ScopeSet::parse("env:view")?;
+    let now = clock::now();
     let grant = Grant::issue(
         &root,
         GrantRequest {
@@ -34,13 +34,25 @@ fn main() -> anyhow::Result<()> {
             ttl_secs: 3600,
         },
         now,
+        random_id(),
     )?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for _ in 0..n.parse::<usize>()? {
         writeln!(
             out,
             "{}",
-            mint(&key, &grant, audience, &scope, 600, now)?.token
+            mint(
+                &key,
+                &grant,
+                MintRequest {
+                    audience,
+                    scope: &scope,
+                    ttl_secs: 600,
+                },
+                now,
+                random_id(),
+            )?
+            .token
         )?;
     }
     Ok(())

@@ -1,7 +1,10 @@
 //! A client of the sidecar's token endpoint, for scripts and crons
 //! (`authproxy token`) and for Rust code that wants a token.
 
+use authproxy_core::oauth::ErrorBody;
 use serde::{Deserialize, Serialize};
+
+use crate::telemetry::describe;
 
 /// The token endpoint's success response (RFC 6749 §5.1).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +40,14 @@ pub enum ClientError {
         error: String,
         /// OAuth2 `error_description`.
         description: String,
+    },
+    /// The sidecar answered `/readyz` with an error status.
+    #[error("{url}: not ready (HTTP {status})")]
+    NotReady {
+        /// The URL asked.
+        url: String,
+        /// HTTP status.
+        status: u16,
     },
     /// The answer was not a token response.
     #[error("unexpected answer from the sidecar: {0}")]
@@ -76,13 +87,7 @@ pub async fn fetch_token(
     let status = res.status().as_u16();
     let text = res.text().await.map_err(unreachable)?;
     if status != 200 {
-        #[derive(Deserialize)]
-        struct OAuthError {
-            error: String,
-            #[serde(default)]
-            error_description: String,
-        }
-        return Err(match serde_json::from_str::<OAuthError>(&text) {
+        return Err(match serde_json::from_str::<ErrorBody>(&text) {
             Ok(e) => ClientError::Refused {
                 status,
                 error: e.error,
@@ -96,14 +101,25 @@ pub async fn fetch_token(
     Ok((parsed, text))
 }
 
-/// An error with its chain of causes ("connection refused" is in a source).
-pub(crate) fn describe(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
+/// Asks the sidecar at `endpoint` whether it is ready (`GET /readyz`).
+pub async fn check_ready(endpoint: &str) -> Result<(), ClientError> {
+    let url = format!("{}/readyz", endpoint.trim_end_matches('/'));
+    let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+        endpoint: endpoint.to_owned(),
+        message: describe(&e),
+    };
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+        .map_err(unreachable)?;
+    let res = client.get(&url).send().await.map_err(unreachable)?;
+    if res.status().is_success() {
+        Ok(())
+    } else {
+        Err(ClientError::NotReady {
+            url,
+            status: res.status().as_u16(),
+        })
     }
-    msg
 }

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::workload::{Environment, WorkloadId};
+use authproxy_core::token::MAX_TOKEN_LIFETIME;
+use authproxy_core::{Environment, WorkloadId};
 
 /// Shortest access-token lifetime a config may set.
 pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(30);
-/// Longest access-token lifetime a config may set.
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Longest access-token lifetime a config may set (what verifiers accept).
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(MAX_TOKEN_LIFETIME);
 /// Shortest grant lifetime a config may set.
 pub const MIN_GRANT_TTL: Duration = Duration::from_secs(60);
 /// Longest grant lifetime a config may set.

@@ -1,50 +1,36 @@
-//! authproxy: a sidecar that mints short-lived, scoped JWT access tokens for
-//! the workload in its container, and the pieces an upstream API needs to
-//! verify them.
+//! The `authproxy` binary's library: the sidecar daemon and the CLI verbs.
+//! Nothing outside this repository depends on it: upstream APIs use the
+//! `authproxy-layer` crate, and the vocabulary lives in `authproxy-core`.
+//! It is a library only so that the binary, its examples and its end-to-end
+//! tests share one code path.
 //!
 //! # Layout
-//! - [`authorization`] — `type:action[:resource]` authorizations and scope sets.
-//! - [`workload`] — workload ids (`app/web`, `worker/web/queue`, `task/x`) and environments.
-//! - [`declarations`] — the project's YAML declarations and the inheritance rules.
+//! - [`cli`] — the verbs: `serve`, `check`, `token`, `health`.
 //! - [`config`] — the sidecar's TOML configuration, validated into typed values.
-//! - [`keys`] — Ed25519 keys, JWKs, RFC 7638 thumbprints, signing.
-//! - [`issuer`] — the embedded issuer's root key file.
-//! - [`grant`] — root-signed grants binding a sidecar key to a workload.
-//! - [`token`] — RFC 9068 access tokens minted under a grant.
-//! - [`sidecar`] — the sidecar's state: key, grant, reuse cache, renewal.
-//! - [`server`] — the sidecar's HTTP routes and `run`.
-//! - [`serve`] — serving a router with connection limits and a bounded graceful drain.
+//! - [`daemon`] — start-up, grant renewal, the token file, reload.
+//! - [`grant_source`] — where the grant comes from (embedded issuer today).
+//! - [`sidecar`] — the ephemeral key, the one grant slot, the reuse cache.
+//! - [`server`] — the HTTP routes: token endpoint, proxy, discovery, probes.
+//! - [`serve`] — serving a router with connection limits and a bounded drain.
 //! - [`proxy`] — forward-proxy mode: `/api/*` to the upstream, token attached.
-//! - [`sink`] — keeps a valid token in a file, replaced atomically.
-//! - [`client`] — a client of the token endpoint (`authproxy token`).
-//! - [`telemetry`] — metrics, request ids, log setup.
-//! - `shared` (private) — a value read on every request and swapped rarely.
-//! - [`verify`] — verification of a token and its grant; the [`verify::Principal`].
-//! - [`jwks`] — where an upstream's root keys come from, and their refresh.
-//! - [`layer`] — the tower layer an upstream API puts in front of its routes.
+//! - [`sink`] — the token file, replaced atomically.
+//! - [`client`] — a client of the sidecar (`authproxy token`, `authproxy health`).
+//! - [`telemetry`] — metrics, request ids, log setup, error chains.
+//!
+//! Dependencies point down this list's order of use: `cli` → `daemon` →
+//! `server` / `grant_source` / `sink` / `proxy` → `sidecar` → the core crate.
 
-pub mod authorization;
+pub mod cli;
 pub mod client;
 pub mod config;
-pub mod declarations;
-pub mod grant;
-pub mod issuer;
-pub mod jwks;
-pub mod keys;
-pub mod layer;
+pub mod daemon;
+pub mod grant_source;
 pub mod proxy;
 pub mod serve;
 pub mod server;
-mod shared;
 pub mod sidecar;
 pub mod sink;
 pub mod telemetry;
-pub mod token;
-pub mod verify;
-pub mod workload;
-
-pub use authorization::{Authorization, Name, ScopeSet};
-pub use workload::{Environment, WorkloadId};
 
 /// Entry points for the fuzz targets in `fuzz/` (built with `--cfg fuzzing`).
 #[cfg(fuzzing)]
@@ -52,6 +38,6 @@ pub use workload::{Environment, WorkloadId};
 pub mod fuzzing {
     /// Parses a token request body as the token endpoint does.
     pub fn token_form(body: &[u8]) -> bool {
-        crate::server::Form::parse(body).is_ok()
+        crate::server::parse_form(body)
     }
 }

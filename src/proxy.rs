@@ -9,14 +9,13 @@
 
 use std::time::Duration;
 
+use authproxy_core::oauth::ErrorBody;
 use axum::body::{Body, HttpBody as _};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::config::ProxyConfig;
-use crate::sidecar::Sidecar;
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +29,8 @@ pub enum ProxyError {
     #[error("proxy mode is not configured on this sidecar")]
     NotConfigured,
     /// Return `503 Service Unavailable`: no token could be minted.
-    #[error("{0}")]
-    NoToken(String),
+    #[error("no token: {0}")]
+    NoToken(#[source] authproxy_core::token::MintError),
     /// Return `502 Bad Gateway`: the upstream could not be reached.
     #[error("upstream unreachable: {0}")]
     Unreachable(String),
@@ -50,11 +49,7 @@ impl IntoResponse for ProxyError {
             Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
         };
         tracing::warn!(error = code, reason = %self, "proxy request failed");
-        (
-            status,
-            axum::Json(json!({"error": code, "error_description": self.to_string()})),
-        )
-            .into_response()
+        (status, axum::Json(ErrorBody::new(code, self.to_string()))).into_response()
     }
 }
 
@@ -126,9 +121,13 @@ impl Proxy {
         }
     }
 
-    /// Forwards `req` (whose path starts with `/api`) with a token for the
-    /// workload's full ceiling.
-    pub async fn forward(&self, sidecar: &Sidecar, req: Request) -> Result<Response, ProxyError> {
+    /// Forwards `req` (whose path starts with `/api`) with `authorization`
+    /// (`Bearer <token>`, marked sensitive) in place of the client's own.
+    pub async fn forward(
+        &self,
+        authorization: HeaderValue,
+        req: Request,
+    ) -> Result<Response, ProxyError> {
         let (parts, body) = req.into_parts();
         if parts.method == Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not supported"));
@@ -157,18 +156,7 @@ impl Proxy {
         strip_hop_by_hop(&mut headers);
         headers.remove(header::HOST);
         headers.remove(header::AUTHORIZATION);
-        let now = jsonwebtoken::get_current_timestamp();
-        let issued = sidecar
-            .issue_reusing(
-                &sidecar.ceiling(),
-                sidecar.config().tokens.ttl.as_secs(),
-                now,
-            )
-            .map_err(|e| ProxyError::NoToken(e.to_string()))?;
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", issued.minted.token))
-            .map_err(|_| ProxyError::NoToken("token is not a header value".into()))?;
-        auth.set_sensitive(true);
-        headers.insert(header::AUTHORIZATION, auth);
+        headers.insert(header::AUTHORIZATION, authorization);
 
         let mut request = self.client.request(parts.method, parsed).headers(headers);
         // An empty body is sent as none at all (no chunked GET bodies).
@@ -177,7 +165,7 @@ impl Proxy {
         }
         let response = match tokio::time::timeout(self.timeout, request.send()).await {
             Err(_) => return Err(ProxyError::Timeout(self.timeout)),
-            Ok(Err(e)) => return Err(ProxyError::Unreachable(crate::client::describe(&e))),
+            Ok(Err(e)) => return Err(ProxyError::Unreachable(crate::telemetry::describe(&e))),
             Ok(Ok(r)) => r,
         };
         let mut response: axum::http::Response<reqwest::Body> = response.into();

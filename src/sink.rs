@@ -7,15 +7,11 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+
+use authproxy_core::keys::random_id;
+use authproxy_core::token::Minted;
 
 use crate::config::SinkConfig;
-use crate::keys::random_id;
-use crate::sidecar::Sidecar;
-
-/// How long to wait before retrying a failed write.
-const RETRY: Duration = Duration::from_secs(5);
 
 /// Why the token file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +26,12 @@ pub enum SinkError {
         source: std::io::Error,
     },
     /// No token could be minted.
-    #[error("sink.path {path}: no token: {message}")]
+    #[error("sink.path {path}: no token: {source}")]
     Mint {
         /// The token file.
         path: PathBuf,
         /// Why.
-        message: String,
+        source: authproxy_core::token::MintError,
     },
 }
 
@@ -73,21 +69,10 @@ pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> std::io::Res
     result
 }
 
-/// Mints a fresh token for the full ceiling and writes it; returns when the
-/// next write is due.
-pub fn refresh(sidecar: &Sidecar, sink: &SinkConfig, now: u64) -> Result<u64, SinkError> {
-    let issued = sidecar
-        .mint_fresh(
-            &sidecar.ceiling(),
-            sidecar.config().tokens.ttl.as_secs(),
-            now,
-        )
-        .map_err(|e| SinkError::Mint {
-            path: sink.path.clone(),
-            message: e.to_string(),
-        })?;
-    let c = &issued.minted.claims;
-    write_atomically(&sink.path, issued.minted.token.as_bytes(), sink.mode).map_err(|source| {
+/// Writes `minted` to the token file; returns when the next write is due.
+pub fn write_token(sink: &SinkConfig, minted: &Minted) -> Result<u64, SinkError> {
+    let c = &minted.claims;
+    write_atomically(&sink.path, minted.token.as_bytes(), sink.mode).map_err(|source| {
         SinkError::Io {
             path: sink.path.clone(),
             source,
@@ -95,24 +80,6 @@ pub fn refresh(sidecar: &Sidecar, sink: &SinkConfig, now: u64) -> Result<u64, Si
     })?;
     tracing::debug!(path = %sink.path.display(), jti = %c.jti, exp = c.exp, "token file written");
     Ok(due_at(c.iat, c.exp))
-}
-
-/// Keeps the token file fresh forever; run as a background task.
-pub async fn run(sidecar: Arc<Sidecar>, sink: SinkConfig, mut due: u64) {
-    loop {
-        let now = jsonwebtoken::get_current_timestamp();
-        if due > now {
-            tokio::time::sleep(Duration::from_secs(due - now)).await;
-            continue;
-        }
-        match refresh(&sidecar, &sink, now) {
-            Ok(next) => due = next,
-            Err(e) => {
-                tracing::error!(error = %e, "token file not refreshed; retrying");
-                tokio::time::sleep(RETRY).await;
-            }
-        }
-    }
 }
 
 #[cfg(test)]

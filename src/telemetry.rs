@@ -156,7 +156,7 @@ pub struct RandomRequestId;
 
 impl MakeRequestId for RandomRequestId {
     fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&crate::keys::random_id())
+        HeaderValue::from_str(&authproxy_core::keys::random_id())
             .ok()
             .map(RequestId::new)
     }
@@ -185,4 +185,16 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.with_ansi(ansi).init(),
         LogFormat::Json => builder.json().with_current_span(true).init(),
     }
+}
+
+/// An error with its chain of causes ("connection refused" is in a source).
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
 }

@@ -1,10 +1,20 @@
 //! The canary: the daemon's routes, the layer and the proxy run through their
 //! flows with every crate logging at TRACE into a buffer; afterwards no
 //! access token, grant, private key, or `eyJ…` JWT fragment may appear in it.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+//!
+//! Its own test binary: it installs the process-wide log subscriber, which
+//! must capture this test's flows and nothing else.
+#![allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)] // test code
 
+#[path = "it/common/mod.rs"]
 mod common;
-#[allow(dead_code, unreachable_pub)]
+#[allow(dead_code)]
 #[path = "../examples/environment_api.rs"]
 mod environment_api;
 
@@ -62,30 +72,37 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
     })
     .await;
 
-    // Token endpoint: issue, reuse, narrow, refuse.
-    for scope in [None, None, Some("env:view"), Some("task:operate:notify")] {
+    // Token endpoint: issue, reuse, narrow, refuse. Every call's status is
+    // asserted, so the flows really ran (a 500-everywhere API fails here).
+    for (scope, status) in [
+        (None, 200),
+        (None, 200),
+        (Some("env:view"), 200),
+        (Some("task:operate:notify"), 400),
+    ] {
         let mut form = vec![("grant_type", "client_credentials")];
         if let Some(sc) = scope {
             form.push(("scope", sc));
         }
-        let (_, body) = request_token(&s.token_url(), &form).await;
+        let (got, body) = request_token(&s.token_url(), &form).await;
+        assert_eq!(got, status, "{scope:?}: {body}");
         if let Some(t) = body["access_token"].as_str() {
             secrets.push(("access token".into(), t.to_owned()));
         }
     }
     let t = token(&s, None).await;
     // The layer: accept, refuse for scope, refuse forged.
-    call(Method::GET, &format!("{api}/environment"), Some(&t)).await;
-    call(
-        Method::POST,
-        &format!("{api}/tasks/send-report/runs"),
-        Some(&t),
-    )
-    .await;
-    call(Method::POST, &format!("{api}/tasks/notify/runs"), Some(&t)).await;
     let mut forged = t.clone();
     forged.push('x');
-    call(Method::GET, &format!("{api}/environment"), Some(&forged)).await;
+    for (method, path, token, status) in [
+        (Method::GET, "/environment", &t, 200),
+        (Method::POST, "/tasks/send-report/runs", &t, 202),
+        (Method::POST, "/tasks/notify/runs", &t, 403),
+        (Method::GET, "/environment", &forged, 401),
+    ] {
+        let (got, _, body) = call(method, &format!("{api}{path}"), Some(token)).await;
+        assert_eq!(got, status, "{path}: {body}");
+    }
     // The proxy, with a client Authorization to drop.
     let res = client()
         .get(format!("{}/api/environment", s.url))
@@ -94,14 +111,15 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    call(
+    let (got, _, body) = call(
         Method::POST,
         &format!("{}/api/tasks/send-report/runs", s.url),
         None,
     )
     .await;
+    assert_eq!(got, 202, "{body}");
     // Reload and the sink.
-    s.sidecar.reload(now()).unwrap();
+    assert!(!s.daemon.reload(now()).await.unwrap(), "nothing changed");
     secrets.push(("sink token".into(), std::fs::read_to_string(&sink).unwrap()));
     secrets.push(("grant".into(), s.sidecar.grant().compact().to_owned()));
     let root = std::fs::read_to_string(first.state_dir.join("root-key.pem")).unwrap();
@@ -110,7 +128,6 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
     }
     secrets.push(("token".into(), t));
 
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let log = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
     // The capture worked and saw the flows at trace level.
     assert!(log.contains("token issued"), "nothing captured");

@@ -1,8 +1,8 @@
 //! Declarations files: loading never panics; accepted files satisfy the
 //! rules (every task resource names a declared task).
 #![no_main]
-use authproxy::Authorization;
-use authproxy::declarations::Declarations;
+use authproxy_core::Authorization;
+use authproxy_core::declarations::Declarations;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         for (_, eff) in d.workloads() {
             for a in eff.authorizations.iter() {
                 if let Authorization::TaskOperate(t) = a {
-                    let id = authproxy::WorkloadId::Task(t.clone());
+                    let id = authproxy_core::WorkloadId::Task(t.clone());
                     assert!(d.get(&id).is_some(), "resource {t} is not a declared task");
                 }
             }

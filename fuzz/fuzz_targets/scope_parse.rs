@@ -1,7 +1,7 @@
 //! Scope strings: parsing never panics, and whatever parses formats back to
 //! something that parses to the same set.
 #![no_main]
-use authproxy::ScopeSet;
+use authproxy_core::ScopeSet;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
             let again = ScopeSet::parse(&set.to_string()).expect("canonical form parses");
             assert_eq!(again, set);
         }
-        let _ = s.parse::<authproxy::Authorization>();
-        let _ = s.parse::<authproxy::WorkloadId>();
+        let _ = s.parse::<authproxy_core::Authorization>();
+        let _ = s.parse::<authproxy_core::WorkloadId>();
     }
 });

@@ -1,0 +1,541 @@
+//! The project's declarations (DESIGN §3): which authorizations each app,
+//! worker and task may hold, with the inheritance rules applied.
+//!
+//! The YAML is walked by hand rather than deserialized into structs so that
+//! every problem in a file is reported at once, each with its path
+//! (`applications.web.crons.nightly.authorizations`) — serde stops at the
+//! first error and its paths are not the ones users write.
+//!
+//! Rules:
+//! - a worker without an `authorizations` key inherits its app's; with one it
+//!   overrides them (`[]` = none);
+//! - a cron runs in its app's container and always inherits: an
+//!   `authorizations` key on a cron is an error;
+//! - a `task:operate` resource must name a task declared in the same file;
+//! - keys authproxy does not use are ignored, except inside an authorization
+//!   entry, where an unknown key is an error (it is probably a typo that
+//!   would silently widen or narrow access).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_norway::{Mapping, Value};
+
+use crate::authorization::{Authorization, Name, ScopeSet};
+use crate::workload::WorkloadId;
+
+/// One broken rule, located by its path inside the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path, with `[i]` for list items.
+    pub path: String,
+    /// The rule broken, in words.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Why a declarations file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeclarationsError {
+    /// The file could not be read.
+    #[error("{file}: cannot read declarations: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML.
+    #[error("{file}: not valid YAML: {message}")]
+    Syntax {
+        /// The file.
+        file: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The file is YAML but breaks one or more rules; all are listed.
+    #[error("{file}: {} problem(s) in declarations:{}", problems.len(), ProblemList(problems))]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+struct ProblemList<'a>(&'a [Problem]);
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in self.0 {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The effective authorizations of one workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effective {
+    /// What the workload may be granted.
+    pub authorizations: ScopeSet,
+    /// The workload these were inherited from, if any.
+    pub inherited_from: Option<WorkloadId>,
+}
+
+/// A validated declarations file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declarations {
+    workloads: BTreeMap<WorkloadId, Effective>,
+    crons: Vec<(Name, Name)>,
+}
+
+impl Declarations {
+    /// Reads and validates a declarations file.
+    pub fn load(path: &Path) -> Result<Self, DeclarationsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DeclarationsError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates declarations given as text; `file` is used in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, DeclarationsError> {
+        let root: Value = serde_norway::from_str(text).map_err(|e| DeclarationsError::Syntax {
+            file: file.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut walker = Walker::default();
+        let decl = walker.root(&root);
+        if walker.problems.is_empty() {
+            Ok(decl)
+        } else {
+            Err(DeclarationsError::Invalid {
+                file: file.to_owned(),
+                problems: walker.problems,
+            })
+        }
+    }
+
+    /// The effective authorizations of a workload, or `None` if undeclared.
+    pub fn get(&self, id: &WorkloadId) -> Option<&Effective> {
+        self.workloads.get(id)
+    }
+
+    /// Every declared workload with its effective authorizations.
+    pub fn workloads(&self) -> impl Iterator<Item = (&WorkloadId, &Effective)> {
+        self.workloads.iter()
+    }
+
+    /// Every cron as `(app, cron)`; a cron uses `app/<app>`'s authorizations.
+    pub fn crons(&self) -> impl Iterator<Item = (&Name, &Name)> {
+        self.crons.iter().map(|(a, c)| (a, c))
+    }
+
+    /// A human-readable table of every workload and cron, as `check` prints.
+    pub fn table(&self) -> String {
+        let mut rows = vec![(
+            "WORKLOAD".to_owned(),
+            "INHERITS FROM".to_owned(),
+            "AUTHORIZATIONS".to_owned(),
+        )];
+        let show = |s: &ScopeSet| {
+            if s.is_empty() {
+                "(none)".to_owned()
+            } else {
+                s.to_string()
+            }
+        };
+        for (id, eff) in &self.workloads {
+            let from = eff
+                .inherited_from
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), ToString::to_string);
+            rows.push((id.to_string(), from, show(&eff.authorizations)));
+        }
+        for (app, cron) in &self.crons {
+            let app_id = WorkloadId::App(app.clone());
+            let auths = self
+                .workloads
+                .get(&app_id)
+                .map(|e| show(&e.authorizations))
+                .unwrap_or_default();
+            rows.push((format!("cron {app}/{cron}"), app_id.to_string(), auths));
+        }
+        let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+        rows.iter()
+            .map(|(a, b, c)| format!("{a:<w0$}  {b:<w1$}  {c}\n"))
+            .collect()
+    }
+}
+
+/// Walks the YAML tree, collecting problems instead of stopping at the first.
+#[derive(Default)]
+struct Walker {
+    problems: Vec<Problem>,
+}
+
+impl Walker {
+    fn problem(&mut self, path: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// A mapping, or `None` (with a problem recorded) if it is something else.
+    /// A YAML null (`notify:` or `notify: ~`) counts as an empty mapping.
+    fn mapping<'v>(&mut self, v: &'v Value, path: &str) -> Option<MappingView<'v>> {
+        match v {
+            Value::Mapping(m) => Some(MappingView(Some(m))),
+            Value::Null => Some(MappingView(None)),
+            _ => {
+                self.problem(path, format!("expected a mapping, found {}", kind_of(v)));
+                None
+            }
+        }
+    }
+
+    /// The entries of a mapping whose keys must be names.
+    fn named_entries<'v>(&mut self, v: &'v Value, path: &str) -> Vec<(Name, &'v Value, String)> {
+        let Some(m) = self.mapping(v, path) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, child) in m.iter() {
+            let key = match k {
+                Value::String(s) => s.clone(),
+                other => {
+                    self.problem(
+                        path,
+                        format!("keys must be names, found {}", kind_of(other)),
+                    );
+                    continue;
+                }
+            };
+            let child_path = join(path, &key);
+            match Name::parse(&key) {
+                Ok(n) => out.push((n, child, child_path)),
+                Err(e) => self.problem(&child_path, e.to_string()),
+            }
+        }
+        out
+    }
+
+    fn root(&mut self, root: &Value) -> Declarations {
+        let mut decl = Declarations {
+            workloads: BTreeMap::new(),
+            crons: Vec::new(),
+        };
+        let Some(top) = self.mapping(root, "") else {
+            return decl;
+        };
+        // Task names first: resources anywhere in the file refer to them.
+        let tasks = top
+            .get("tasks")
+            .map(|v| self.named_entries(v, "tasks"))
+            .unwrap_or_default();
+        let task_names: BTreeSet<Name> = tasks.iter().map(|(n, _, _)| n.clone()).collect();
+
+        if let Some(apps) = top.get("applications") {
+            for (app, body, path) in self.named_entries(apps, "applications") {
+                self.application(&mut decl, app, body, &path, &task_names);
+            }
+        }
+        for (task, body, path) in tasks {
+            let Some(m) = self.mapping(body, &path) else {
+                continue;
+            };
+            let auths = match m.get("authorizations") {
+                Some(v) => self.authorizations(v, &join(&path, "authorizations"), &task_names),
+                None => ScopeSet::new(),
+            };
+            decl.workloads.insert(
+                WorkloadId::Task(task),
+                Effective {
+                    authorizations: auths,
+                    inherited_from: None,
+                },
+            );
+        }
+        decl
+    }
+
+    fn application(
+        &mut self,
+        decl: &mut Declarations,
+        app: Name,
+        body: &Value,
+        path: &str,
+        tasks: &BTreeSet<Name>,
+    ) {
+        let Some(m) = self.mapping(body, path) else {
+            return;
+        };
+        let app_auths = match m.get("authorizations") {
+            Some(v) => self.authorizations(v, &join(path, "authorizations"), tasks),
+            None => ScopeSet::new(),
+        };
+        let app_id = WorkloadId::App(app.clone());
+        if let Some(workers) = m.get("workers") {
+            for (worker, wbody, wpath) in self.named_entries(workers, &join(path, "workers")) {
+                let Some(wm) = self.mapping(wbody, &wpath) else {
+                    continue;
+                };
+                let effective = match wm.get("authorizations") {
+                    Some(v) => Effective {
+                        authorizations: self.authorizations(
+                            v,
+                            &join(&wpath, "authorizations"),
+                            tasks,
+                        ),
+                        inherited_from: None,
+                    },
+                    None => Effective {
+                        authorizations: app_auths.clone(),
+                        inherited_from: Some(app_id.clone()),
+                    },
+                };
+                decl.workloads
+                    .insert(WorkloadId::Worker(app.clone(), worker), effective);
+            }
+        }
+        if let Some(crons) = m.get("crons") {
+            for (cron, cbody, cpath) in self.named_entries(crons, &join(path, "crons")) {
+                let Some(cm) = self.mapping(cbody, &cpath) else {
+                    continue;
+                };
+                if cm.get("authorizations").is_some() {
+                    self.problem(
+                        &join(&cpath, "authorizations"),
+                        format!(
+                            "a cron runs in its app's container and always inherits {app_id}'s \
+                             authorizations; remove this key (or declare them on the app)"
+                        ),
+                    );
+                }
+                decl.crons.push((app.clone(), cron));
+            }
+        }
+        decl.workloads.insert(
+            app_id,
+            Effective {
+                authorizations: app_auths,
+                inherited_from: None,
+            },
+        );
+    }
+
+    fn authorizations(&mut self, v: &Value, path: &str, tasks: &BTreeSet<Name>) -> ScopeSet {
+        let mut set = ScopeSet::new();
+        let Value::Sequence(items) = v else {
+            self.problem(
+                path,
+                format!("expected a list of authorizations, found {}", kind_of(v)),
+            );
+            return set;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}[{i}]");
+            if let Some(a) = self.authorization(item, &ipath, tasks)
+                && !set.insert(a.clone())
+            {
+                self.problem(&ipath, format!("duplicate authorization `{a}`"));
+            }
+        }
+        set
+    }
+
+    fn authorization(
+        &mut self,
+        v: &Value,
+        path: &str,
+        tasks: &BTreeSet<Name>,
+    ) -> Option<Authorization> {
+        let Value::Mapping(m) = v else {
+            self.problem(
+                path,
+                format!(
+                    "expected an authorization {{ type, action, resource }}, found {}",
+                    kind_of(v)
+                ),
+            );
+            return None;
+        };
+        let mut ok = true;
+        let mut field = |this: &mut Self, key: &str, required: bool| -> Option<String> {
+            match m.get(key) {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(other) => {
+                    this.problem(
+                        &join(path, key),
+                        format!("expected a string, found {}", kind_of(other)),
+                    );
+                    ok = false;
+                    None
+                }
+                None if required => {
+                    this.problem(path, format!("missing required key `{key}`"));
+                    ok = false;
+                    None
+                }
+                None => None,
+            }
+        };
+        let kind = field(self, "type", true);
+        let action = field(self, "action", true);
+        let resource = field(self, "resource", false);
+        for k in m.keys() {
+            let known = matches!(k.as_str(), Some("type" | "action" | "resource"));
+            if !known {
+                let shown = k.as_str().map_or_else(|| format!("{k:?}"), str::to_owned);
+                self.problem(
+                    path,
+                    format!("unknown key `{shown}` (allowed: type, action, resource)"),
+                );
+                ok = false;
+            }
+        }
+        let (Some(kind), Some(action), true) = (kind, action, ok) else {
+            return None;
+        };
+        match Authorization::from_parts(&kind, &action, resource.as_deref()) {
+            Ok(a) => {
+                if let Authorization::TaskOperate(t) = &a
+                    && !tasks.contains(t)
+                {
+                    self.problem(
+                        &join(path, "resource"),
+                        format!("`{t}` is not a task declared under `tasks`"),
+                    );
+                    return None;
+                }
+                Some(a)
+            }
+            Err(e) => {
+                self.problem(path, e.to_string());
+                None
+            }
+        }
+    }
+}
+
+/// A mapping, or the empty mapping that a YAML null stands for.
+struct MappingView<'v>(Option<&'v Mapping>);
+
+impl<'v> MappingView<'v> {
+    fn get(&self, key: &str) -> Option<&'v Value> {
+        self.0.and_then(|m| m.get(key))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&'v Value, &'v Value)> {
+        self.0.into_iter().flat_map(|m| m.iter())
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing (null)",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../config/project.yaml");
+
+    fn parse(text: &str) -> Result<Declarations, DeclarationsError> {
+        Declarations::parse(text, Path::new("project.yaml"))
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text) {
+            Err(DeclarationsError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    fn scopes(d: &Declarations, id: &str) -> String {
+        d.get(&id.parse().unwrap())
+            .unwrap()
+            .authorizations
+            .to_string()
+    }
+
+    #[test]
+    fn the_shipped_example_applies_the_inheritance_rules() {
+        let d = parse(EXAMPLE).unwrap();
+        assert_eq!(scopes(&d, "app/web"), "task:operate:send-report env:view");
+        assert_eq!(
+            scopes(&d, "worker/web/queue"),
+            "task:operate:send-report env:view"
+        );
+        assert_eq!(scopes(&d, "worker/web/mailer"), "");
+        assert_eq!(scopes(&d, "task/send-report"), "task:operate:notify");
+        assert_eq!(scopes(&d, "task/notify"), "");
+        assert_eq!(d.crons().count(), 1);
+        assert!(d.table().contains("cron web/nightly"));
+    }
+
+    #[test]
+    fn unused_project_keys_are_ignored() {
+        let d = parse("name: x\napplications:\n  web:\n    type: python\n    size: L\n").unwrap();
+        assert!(d.get(&"app/web".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn an_empty_file_declares_nothing() {
+        assert_eq!(parse("").unwrap().workloads().count(), 0);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_path() {
+        let p = problems(
+            "applications:\n  web:\n    authorizations:\n      - { type: env, action: edit }\n    crons:\n      nightly: { authorizations: [] }\ntasks:\n  Bad: {}\n",
+        );
+        let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "tasks.Bad",
+                "applications.web.authorizations[0]",
+                "applications.web.crons.nightly.authorizations"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_file() {
+        let e = parse("applications: [").unwrap_err();
+        assert!(matches!(e, DeclarationsError::Syntax { .. }));
+        assert!(e.to_string().starts_with("project.yaml: not valid YAML"));
+    }
+}

@@ -1,0 +1,209 @@
+//! Grants: root-signed JWTs binding one sidecar key to one workload, one
+//! environment and a ceiling of authorizations (DESIGN §1, §5).
+//!
+//! The grant is what limits the damage of a stolen sidecar key: the key can
+//! sign access tokens only inside its grant's ceiling and environment, and
+//! only until the grant expires.
+
+use serde::{Deserialize, Serialize};
+
+use crate::authorization::ScopeSet;
+use std::sync::Arc;
+
+use crate::jws::{InvalidToken, MAX_TOKEN_BYTES, Part, check_header, check_time, decode_verified};
+use crate::keys::{KeyError, PublicKey, RootKeys, SigningKey};
+use crate::workload::{Environment, WorkloadId};
+
+/// `typ` header value of a grant.
+pub const GRANT_TYP: &str = "grant+jwt";
+
+/// RFC 7800 confirmation: the thumbprint of the key the grant binds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// RFC 7638 SHA-256 thumbprint of the sidecar's public key.
+    pub jkt: String,
+}
+
+/// The claims of a grant. Typed, so a duplicate member (two `scope`s) fails
+/// to parse instead of silently keeping the last one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantClaims {
+    /// The root issuer id.
+    pub iss: String,
+    /// The workload id.
+    pub sub: String,
+    /// The environment.
+    pub env: String,
+    /// The ceiling of authorizations, space-separated.
+    pub scope: String,
+    /// The sidecar key this grant binds.
+    pub cnf: Confirmation,
+    /// Issued at (unix seconds).
+    pub iat: u64,
+    /// Not before (unix seconds).
+    pub nbf: u64,
+    /// Expiry (unix seconds).
+    pub exp: u64,
+    /// Unique id.
+    pub jti: String,
+}
+
+/// A signed grant: its compact form and what it says.
+#[derive(Clone)]
+pub struct Grant {
+    compact: String,
+    claims: GrantClaims,
+    workload: WorkloadId,
+    /// The `kid` of the root key that signed it.
+    root_kid: String,
+    /// Shared: the token endpoint hands the whole ceiling out per request.
+    scope: Arc<ScopeSet>,
+}
+
+impl std::fmt::Debug for Grant {
+    // The compact grant is a bearer credential ingredient: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("sub", &self.claims.sub)
+            .field("env", &self.claims.env)
+            .field("scope", &self.claims.scope)
+            .field("exp", &self.claims.exp)
+            .field("jti", &self.claims.jti)
+            .finish()
+    }
+}
+
+/// What a grant is issued for.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantRequest<'a> {
+    /// The root issuer id (`iss`).
+    pub issuer: &'a str,
+    /// The workload.
+    pub workload: &'a WorkloadId,
+    /// The environment.
+    pub environment: &'a Environment,
+    /// The ceiling: the workload's declared authorizations.
+    pub ceiling: &'a ScopeSet,
+    /// The sidecar key to bind.
+    pub sidecar_key: &'a PublicKey,
+    /// Lifetime in seconds.
+    pub ttl_secs: u64,
+}
+
+impl Grant {
+    /// Signs a grant with the root key, valid from `now` for `ttl_secs`,
+    /// with the unique id `jti` (see [`crate::keys::random_id`]).
+    pub fn issue(
+        root: &SigningKey,
+        req: GrantRequest<'_>,
+        now: u64,
+        jti: String,
+    ) -> Result<Self, KeyError> {
+        let claims = GrantClaims {
+            iss: req.issuer.to_owned(),
+            sub: req.workload.to_string(),
+            env: req.environment.to_string(),
+            scope: req.ceiling.to_string(),
+            cnf: Confirmation {
+                jkt: req.sidecar_key.thumbprint().to_owned(),
+            },
+            iat: now,
+            nbf: now,
+            exp: now.saturating_add(req.ttl_secs),
+            jti,
+        };
+        let compact = root.sign(GRANT_TYP, &claims, false)?;
+        Ok(Self {
+            compact,
+            claims,
+            workload: req.workload.clone(),
+            root_kid: root.public().thumbprint().to_owned(),
+            scope: Arc::new(req.ceiling.clone()),
+        })
+    }
+
+    /// Verifies a compact grant at `now`: `typ` `grant+jwt`, EdDSA signed by
+    /// the root key its `kid` names among `roots` (the algorithm comes from
+    /// the allow-list, never from the header), a workload id as `sub`, in
+    /// time within `leeway` seconds, and naming `environment`.
+    ///
+    /// Upstreams verify the grant inside every new token with this; remote
+    /// sidecars verify the grant the issuer hands them.
+    pub fn verify(
+        compact: &str,
+        roots: &RootKeys,
+        environment: &Environment,
+        leeway: u64,
+        now: u64,
+    ) -> Result<Self, InvalidToken> {
+        if compact.len() > MAX_TOKEN_BYTES {
+            return Err(InvalidToken::TooLarge);
+        }
+        let header = check_header(compact, Part::Grant, GRANT_TYP)?;
+        let (root_kid, root) = header
+            .kid
+            .as_deref()
+            .and_then(|kid| roots.get_key_value(kid))
+            .ok_or(InvalidToken::UnknownRootKey)?;
+        let claims: GrantClaims = decode_verified(compact, root, Part::Grant)?;
+        if claims.env != environment.as_str() {
+            return Err(InvalidToken::WrongEnvironment);
+        }
+        let workload: WorkloadId = claims
+            .sub
+            .parse()
+            .map_err(|_| InvalidToken::Malformed(Part::Grant))?;
+        let scope =
+            ScopeSet::parse(&claims.scope).map_err(|_| InvalidToken::BadScope(Part::Grant))?;
+        check_time(claims.iat, claims.nbf, claims.exp, now, leeway, Part::Grant)?;
+        Ok(Self {
+            compact: compact.to_owned(),
+            claims,
+            workload,
+            root_kid: root_kid.clone(),
+            scope: Arc::new(scope),
+        })
+    }
+
+    /// The compact JWS.
+    pub fn compact(&self) -> &str {
+        &self.compact
+    }
+
+    /// The claims.
+    pub fn claims(&self) -> &GrantClaims {
+        &self.claims
+    }
+
+    /// The workload it is for (its `sub`, parsed).
+    pub fn workload(&self) -> &WorkloadId {
+        &self.workload
+    }
+
+    /// The `kid` of the root key that signed it.
+    pub fn root_kid(&self) -> &str {
+        &self.root_kid
+    }
+
+    /// The ceiling, parsed.
+    pub fn scope(&self) -> &ScopeSet {
+        &self.scope
+    }
+
+    /// The ceiling, shared (no copy of the set).
+    pub fn shared_scope(&self) -> Arc<ScopeSet> {
+        Arc::clone(&self.scope)
+    }
+
+    /// True while `now` is before the grant's expiry.
+    pub fn is_valid_at(&self, now: u64) -> bool {
+        now >= self.claims.nbf && now < self.claims.exp
+    }
+
+    /// When the sidecar should ask for the next grant: two thirds into its
+    /// life, leaving a third as margin for a slow or failing issuer.
+    pub fn renew_at(&self) -> u64 {
+        let life = self.claims.exp.saturating_sub(self.claims.iat);
+        self.claims.iat + life * 2 / 3
+    }
+}

@@ -1,0 +1,37 @@
+//! authproxy's shared vocabulary: what the sidecar, the issuer and the
+//! upstream layer all speak. No HTTP, no async runtime, no SQL.
+//!
+//! # Layout
+//! - [`authorization`] — `type:action[:resource]` authorizations and scope sets.
+//! - [`workload`] — workload ids (`app/web`, `worker/web/queue`, `task/x`) and environments.
+//! - [`declarations`] — the project's YAML declarations and the inheritance
+//!   rules (feature `declarations`).
+//! - [`keys`] — Ed25519 keys, JWKs and JWK sets, RFC 7638 thumbprints, signing.
+//! - [`root_key`] — the embedded issuer's root key file under a state directory.
+//! - [`grant`] — root-signed grants binding a sidecar key to a workload: issue and verify.
+//! - [`token`] — RFC 9068 access tokens minted under a grant.
+//! - [`verify`] — verification of a token and its grant; the [`verify::Principal`].
+//! - [`oauth`] — the one OAuth2 / RFC 6750 error body.
+//! - [`clock`] — the one place that reads the wall clock.
+//! - [`shared`] — a value read on every request and swapped rarely.
+//!
+//! Time and randomness are parameters on every token path: `Grant::issue`,
+//! `mint` and `verify` take `now` (and a `jti`), so expiry, leeway and
+//! rotation are tested exactly, without sleeping.
+
+pub mod authorization;
+pub mod clock;
+#[cfg(feature = "declarations")]
+pub mod declarations;
+pub mod grant;
+mod jws;
+pub mod keys;
+pub mod oauth;
+pub mod root_key;
+pub mod shared;
+pub mod token;
+pub mod verify;
+pub mod workload;
+
+pub use authorization::{Authorization, Name, ScopeSet};
+pub use workload::{Environment, WorkloadId};

@@ -1,0 +1,128 @@
+//! Access tokens (RFC 9068 JWTs) minted by a sidecar under its grant.
+
+use serde::{Deserialize, Serialize};
+
+use crate::authorization::ScopeSet;
+use crate::grant::Grant;
+use crate::keys::{KeyError, SigningKey};
+
+/// `typ` header value of an access token (RFC 9068 §2.1).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// Longest access-token lifetime (`exp - iat`), in seconds: the most a
+/// sidecar may mint with (`tokens.ttl`) and the most a verifier accepts.
+pub const MAX_TOKEN_LIFETIME: u64 = 3600;
+
+/// The claims of an access token (DESIGN §5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessTokenClaims {
+    /// Same as the grant's `iss`.
+    pub iss: String,
+    /// The workload id.
+    pub sub: String,
+    /// The workload id again (RFC 9068 requires `client_id`).
+    pub client_id: String,
+    /// The upstream API's identifier.
+    pub aud: String,
+    /// The environment.
+    pub env: String,
+    /// The granted authorizations, space-separated.
+    pub scope: String,
+    /// Issued at.
+    pub iat: u64,
+    /// Not before.
+    pub nbf: u64,
+    /// Expiry; never past the grant's.
+    pub exp: u64,
+    /// Unique id (logged; the token itself never is).
+    pub jti: String,
+    /// The grant, compact, so a verifier needs only the root keys.
+    pub grant: String,
+}
+
+/// A freshly minted access token.
+#[derive(Clone)]
+pub struct Minted {
+    /// The compact JWS. A secret: never log it.
+    pub token: String,
+    /// Its claims (without needing to parse the token).
+    pub claims: AccessTokenClaims,
+}
+
+impl std::fmt::Debug for Minted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minted")
+            .field("jti", &self.claims.jti)
+            .field("sub", &self.claims.sub)
+            .field("scope", &self.claims.scope)
+            .field("exp", &self.claims.exp)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a token could not be minted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MintError {
+    /// The requested scope exceeds the grant's ceiling.
+    #[error("requested scope exceeds the grant")]
+    BeyondGrant,
+    /// The grant is expired or not yet valid.
+    #[error("the grant is not valid now")]
+    GrantNotValid,
+    /// Signing failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// What to mint: the audience, the scopes and the lifetime.
+#[derive(Debug, Clone, Copy)]
+pub struct MintRequest<'a> {
+    /// `aud`: the upstream API's identifier.
+    pub audience: &'a str,
+    /// The scopes; must lie within the grant's ceiling.
+    pub scope: &'a ScopeSet,
+    /// Lifetime in seconds (cut at the grant's expiry).
+    pub ttl_secs: u64,
+}
+
+/// Mints an access token under `grant`, signed by `key` (the key the grant
+/// binds), valid from `now` for `req.ttl_secs` but never past the grant's
+/// expiry, with the unique id `jti` (see [`crate::keys::random_id`]).
+pub fn mint(
+    key: &SigningKey,
+    grant: &Grant,
+    req: MintRequest<'_>,
+    now: u64,
+    jti: String,
+) -> Result<Minted, MintError> {
+    let MintRequest {
+        audience,
+        scope,
+        ttl_secs,
+    } = req;
+    // Defence in depth: the server checks the ceiling too, but a minter that
+    // could sign beyond its grant would produce tokens every layer refuses.
+    if !scope.is_subset(grant.scope()) {
+        return Err(MintError::BeyondGrant);
+    }
+    if !grant.is_valid_at(now) {
+        return Err(MintError::GrantNotValid);
+    }
+    let g = grant.claims();
+    let claims = AccessTokenClaims {
+        iss: g.iss.clone(),
+        sub: g.sub.clone(),
+        client_id: g.sub.clone(),
+        aud: audience.to_owned(),
+        env: g.env.clone(),
+        scope: scope.to_string(),
+        iat: now,
+        nbf: now,
+        exp: now.saturating_add(ttl_secs).min(g.exp),
+        jti,
+        grant: grant.compact().to_owned(),
+    };
+    let token = key.sign(ACCESS_TOKEN_TYP, &claims, true)?;
+    Ok(Minted { token, claims })
+}

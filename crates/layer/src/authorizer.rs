@@ -1,0 +1,260 @@
+//! The [`Authorizer`]: one upstream's verification rules, trusted root
+//! keys and caches, and its builder.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use authproxy_core::authorization::AuthorizationError;
+use authproxy_core::keys::Jwks;
+use authproxy_core::verify::{InvalidToken, Verifier};
+
+use crate::principal::Principal;
+use authproxy_core::workload::Environment;
+
+use crate::metrics::LayerMetrics;
+use crate::require::RequireScopeLayer;
+use crate::requirement::{Requirement, RequirementError};
+use crate::trust::{JwksError, KeySource, KeyStore};
+
+/// Default clock-skew tolerance.
+pub(crate) const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Default period between JWKS refreshes.
+pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+/// Default minimum time between two fetches caused by unknown `kid`s.
+pub(crate) const DEFAULT_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+/// Default maximum age of root keys that could not be refreshed.
+pub(crate) const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
+/// Default bound of each verification cache.
+pub(crate) const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+
+/// Why an [`Authorizer`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A required setting was not given.
+    #[error("authorizer: `{0}` is required")]
+    Missing(&'static str),
+    /// The environment name is invalid.
+    #[error("authorizer: invalid environment")]
+    Environment(#[source] AuthorizationError),
+    /// The keys could not be loaded.
+    #[error("authorizer: {0}")]
+    Keys(#[from] JwksError),
+}
+
+/// Verifies tokens for one upstream API; hands out per-route layers with
+/// [`Authorizer::require`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Authorizer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    verifier: Verifier,
+    keys: KeyStore,
+    max_stale: Duration,
+    metrics: Option<LayerMetrics>,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("verifier", &self.inner.verifier)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builder of an [`Authorizer`].
+#[derive(Debug)]
+pub struct AuthorizerBuilder {
+    source: Option<KeySource>,
+    audience: Option<String>,
+    environment: Option<String>,
+    leeway: Duration,
+    refresh_interval: Duration,
+    min_refetch_interval: Duration,
+    cache_capacity: usize,
+    max_stale: Duration,
+    metrics: Option<LayerMetrics>,
+}
+
+impl AuthorizerBuilder {
+    /// Records `authproxy_layer_requests_total{result}` (`ok`, `missing`,
+    /// `invalid_request`, `invalid_token`, `insufficient_scope`) and
+    /// `authproxy_layer_verification_duration_seconds` in the upstream's
+    /// own Prometheus registry.
+    #[cfg(feature = "prometheus")]
+    pub fn metrics(mut self, registry: &mut prometheus_client::registry::Registry) -> Self {
+        self.metrics = Some(LayerMetrics::register(registry));
+        self
+    }
+
+    /// Trust the root keys served at this JWKS URL (fetched at build,
+    /// refreshed periodically and on unknown `kid`).
+    pub fn jwks_url(mut self, url: impl Into<String>) -> Self {
+        self.source = Some(KeySource::Url(url.into()));
+        self
+    }
+
+    /// Trust the root keys in this JWKS file (re-read like a URL).
+    pub fn jwks_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.source = Some(KeySource::File(path.into()));
+        self
+    }
+
+    /// Trust exactly these root keys (a JWKS document, e.g. a sidecar's
+    /// `/.well-known/jwks.json` read once).
+    pub fn keys(mut self, set: Jwks) -> Self {
+        self.source = Some(KeySource::Static(set));
+        self
+    }
+
+    /// This API's identifier; tokens must carry it as `aud`.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// The environment this API serves; grants must name it.
+    pub fn environment(mut self, environment: impl Into<String>) -> Self {
+        self.environment = Some(environment.into());
+        self
+    }
+
+    /// Clock-skew tolerance for `exp`, `nbf` and `iat` (default 30 s).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// Period of JWKS refreshes (default 5 min).
+    pub fn refresh_interval(mut self, every: Duration) -> Self {
+        self.refresh_interval = every;
+        self
+    }
+
+    /// Minimum time between fetches triggered by unknown `kid`s (default 10 s).
+    pub fn min_refetch_interval(mut self, every: Duration) -> Self {
+        self.min_refetch_interval = every;
+        self
+    }
+
+    /// How long keys from a file or URL stay trusted when they cannot be
+    /// refreshed (default 24 h). Past it every token is refused (fail
+    /// closed) until a fetch succeeds again.
+    pub fn max_stale(mut self, age: Duration) -> Self {
+        self.max_stale = age;
+        self
+    }
+
+    /// Bound of the grant and token caches (default 10 000 each; 0 disables).
+    pub fn cache_capacity(mut self, entries: usize) -> Self {
+        self.cache_capacity = entries;
+        self
+    }
+
+    /// Loads the keys and builds the authorizer. With a refreshable source,
+    /// a background task refreshes the keys until the authorizer is dropped.
+    pub async fn build(self) -> Result<Authorizer, BuildError> {
+        let source = self
+            .source
+            .ok_or(BuildError::Missing("jwks_url, jwks_file or keys"))?;
+        let audience = self.audience.ok_or(BuildError::Missing("audience"))?;
+        let environment = self.environment.ok_or(BuildError::Missing("environment"))?;
+        let environment = Environment::parse(&environment).map_err(BuildError::Environment)?;
+        let keys = KeyStore::open(source, self.min_refetch_interval).await?;
+        let refreshable = keys.is_refreshable();
+        let inner = Arc::new(Inner {
+            verifier: Verifier::new(
+                audience,
+                environment,
+                self.leeway.as_secs(),
+                self.cache_capacity,
+            ),
+            keys,
+            max_stale: self.max_stale,
+            metrics: self.metrics,
+        });
+        if refreshable && !self.refresh_interval.is_zero() {
+            tokio::spawn(refresh_loop(Arc::downgrade(&inner), self.refresh_interval));
+        }
+        Ok(Authorizer { inner })
+    }
+}
+
+async fn refresh_loop(inner: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.keys.refresh().await;
+    }
+}
+
+impl Authorizer {
+    /// Starts building an authorizer.
+    pub fn builder() -> AuthorizerBuilder {
+        AuthorizerBuilder {
+            source: None,
+            audience: None,
+            environment: None,
+            leeway: DEFAULT_LEEWAY,
+            refresh_interval: DEFAULT_REFRESH_INTERVAL,
+            min_refetch_interval: DEFAULT_MIN_REFETCH_INTERVAL,
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
+            max_stale: DEFAULT_MAX_STALE,
+            metrics: None,
+        }
+    }
+
+    /// Verifies a token at time `now` (unix seconds). On an unknown root
+    /// `kid`, refetches the keys (rate-limited) and tries once more.
+    pub async fn verify(&self, token: &str, now: u64) -> Result<Principal, InvalidToken> {
+        let store = &self.inner.keys;
+        if store.is_stale(now, self.inner.max_stale) {
+            store.refetch_if_allowed().await;
+            if store.is_stale(now, self.inner.max_stale) {
+                store.log_stale(now);
+                return Err(InvalidToken::KeysStale);
+            }
+        }
+        let keys = store.current();
+        let verified = match self.inner.verifier.verify(token, &keys, now) {
+            Err(InvalidToken::UnknownRootKey) if store.refetch_for_unknown_kid(&keys).await => {
+                self.inner.verifier.verify(token, &store.current(), now)
+            }
+            other => other,
+        };
+        verified.map(Principal::new)
+    }
+
+    /// A layer requiring `requirement`: a scope string in which the resource
+    /// may be a path parameter, e.g. `env:view` or `task:operate:{name}`.
+    ///
+    /// # Panics
+    /// On a malformed requirement, like axum's `route` on a malformed path:
+    /// it is a programming error, found when the router is built. Use
+    /// [`Authorizer::try_require`] to handle it instead.
+    #[allow(clippy::panic)] // documented: a malformed route requirement is a startup bug
+    pub fn require(&self, requirement: &str) -> RequireScopeLayer {
+        match self.try_require(requirement) {
+            Ok(layer) => layer,
+            Err(e) => panic!("invalid authproxy requirement `{requirement}`: {e}"),
+        }
+    }
+
+    /// As [`Authorizer::require`], returning an error on a malformed requirement.
+    pub fn try_require(&self, requirement: &str) -> Result<RequireScopeLayer, RequirementError> {
+        Ok(RequireScopeLayer::new(
+            self.clone(),
+            Requirement::parse(requirement)?,
+        ))
+    }
+
+    /// Records one decision, when metrics are on.
+    pub(crate) fn record(&self, result: &'static str, took: Duration) {
+        if let Some(m) = &self.inner.metrics {
+            m.record(result, took);
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The CLI verbs. Each returns the process exit status; `main` only parses
+//! arguments, loads the configuration, initialises logging and dispatches.
+//!
+//! Exit statuses: 0 success; 1 the verb's check failed (not ready, no
+//! token, invalid declarations, a runtime failure); 64 (`EX_USAGE`, the
+//! linkerd and sysexits convention) the configuration is wrong, under every
+//! verb.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use authproxy_core::clock;
+use authproxy_core::declarations::Declarations;
+
+use crate::config::Config;
+use crate::daemon::Daemon;
+
+/// BSD `EX_USAGE`: the configuration is wrong.
+pub const EX_USAGE: u8 = 64;
+
+/// Prints `e` and returns [`EX_USAGE`].
+pub fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("authproxy: {e}");
+    ExitCode::from(EX_USAGE)
+}
+
+fn failure(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("authproxy: {e}");
+    ExitCode::FAILURE
+}
+
+/// `authproxy serve`: everything that can be wrong with the configuration
+/// is found before any port is bound, and reported as a usage error.
+pub fn serve(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return failure(&format!("cannot start a runtime: {e}")),
+    };
+    runtime.block_on(async {
+        let daemon = match Daemon::start(config, clock::now()).await {
+            Ok(d) => Arc::new(d),
+            Err(e) => return usage_error(&e),
+        };
+        let addr = daemon.config().server.listen;
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match daemon.run(listener, shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// `authproxy check`: validates `declarations` and prints every workload's
+/// effective authorizations; with a sidecar `config`, also checks that its
+/// workload is declared.
+pub fn check(declarations: &Path, config: Option<&Config>) -> ExitCode {
+    let decl = match Declarations::load(declarations) {
+        Ok(d) => d,
+        Err(e) => return failure(&e),
+    };
+    print!("{}", decl.table());
+    match config {
+        Some(cfg) => {
+            if let Err(e) = crate::grant_source::declared_ceiling(cfg, &decl) {
+                return failure(&e);
+            }
+            println!(
+                "\n{}: OK (this sidecar serves {})",
+                declarations.display(),
+                cfg.workload.id
+            );
+        }
+        None => println!("\n{}: OK", declarations.display()),
+    }
+    ExitCode::SUCCESS
+}
+
+/// What `authproxy token` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFormat {
+    /// The token alone.
+    Raw,
+    /// The token endpoint's JSON response.
+    Json,
+    /// `Authorization: Bearer <token>`.
+    Header,
+}
+
+/// `authproxy token`: fetches a token from the local sidecar and prints it.
+pub fn token(endpoint: &str, scopes: &[String], format: TokenFormat) -> ExitCode {
+    match client_runtime().and_then(|rt| {
+        rt.block_on(crate::client::fetch_token(endpoint, scopes))
+            .map_err(|e| e.to_string())
+    }) {
+        Ok((t, raw)) => {
+            match format {
+                TokenFormat::Raw => println!("{}", t.access_token),
+                TokenFormat::Json => println!("{raw}"),
+                TokenFormat::Header => println!("Authorization: Bearer {}", t.access_token),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => failure(&e),
+    }
+}
+
+/// `authproxy health`: 0 when the sidecar answers ready, 1 otherwise.
+pub fn health(endpoint: &str) -> ExitCode {
+    match client_runtime().and_then(|rt| {
+        rt.block_on(crate::client::check_ready(endpoint))
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failure(&e),
+    }
+}
+
+/// A single-threaded runtime for the client verbs.
+fn client_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))
+}

@@ -1,0 +1,199 @@
+//! The sidecar's HTTP surface (DESIGN §4): the token endpoint, the forward
+//! proxy, discovery documents, probes and metrics.
+//!
+//! [`serve`] takes an already bound listener and any shutdown future, so
+//! tests bind `127.0.0.1:0` and the binary binds the configured address.
+//! Background work (renewal, the token file, reload) belongs to
+//! [`crate::daemon`], not here.
+
+mod caller;
+mod discovery;
+mod rate_limit;
+mod token;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use authproxy_core::clock;
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde::Serialize;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::grant_source::GrantSource;
+use crate::proxy::{Proxy, ProxyError};
+use crate::sidecar::Sidecar;
+use crate::telemetry::{RandomRequestId, SidecarMetrics};
+
+pub use token::{MAX_BODY_BYTES, MIN_REQUESTED_TTL, TokenError};
+
+/// What the routes need; built by the daemon.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    /// The key, grant and reuse cache.
+    pub sidecar: Arc<Sidecar>,
+    /// Where grants come from (and the root keys to publish).
+    pub source: Arc<GrantSource>,
+    /// The forward proxy, when `[proxy]` is configured.
+    pub proxy: Option<Arc<Proxy>>,
+    /// The sidecar's metrics.
+    pub metrics: Arc<SidecarMetrics>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    config: Arc<Config>,
+    sidecar: Arc<Sidecar>,
+    source: Arc<GrantSource>,
+    proxy: Option<Arc<Proxy>>,
+    metrics: Arc<SidecarMetrics>,
+    base_url: Arc<str>,
+    caller: caller::CallerPolicy,
+    limiter: Option<Arc<rate_limit::RateLimiter>>,
+    max_ttl: u64,
+    workload_label: Arc<str>,
+}
+
+/// The sidecar's routes, for a sidecar reachable at `base_url`
+/// (e.g. `http://127.0.0.1:8200`), used in the discovery document.
+pub fn router(services: Services, base_url: &str) -> Router {
+    let config = &services.config;
+    let state = AppState {
+        limiter: config
+            .server
+            .rate_limit
+            .map(|r| Arc::new(rate_limit::RateLimiter::new(r, std::time::Instant::now()))),
+        caller: caller::CallerPolicy {
+            allow_remote_peers: config.server.allow_remote_peers,
+        },
+        max_ttl: config.tokens.ttl.as_secs(),
+        workload_label: config.workload.id.to_string().into(),
+        base_url: base_url.trim_end_matches('/').into(),
+        config: services.config,
+        sidecar: services.sidecar,
+        source: services.source,
+        proxy: services.proxy,
+        metrics: services.metrics,
+    };
+    Router::new()
+        .route(
+            "/oauth2/token",
+            post(token::token).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
+        .route("/.well-known/jwks.json", get(discovery::jwks))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(discovery::metadata),
+        )
+        .route("/healthz", get(discovery::healthz))
+        .route("/readyz", get(discovery::readyz))
+        .route("/metrics", get(discovery::metrics))
+        .route("/api", any(proxy))
+        .route("/api/", any(proxy))
+        .route("/api/{*rest}", any(proxy))
+        .with_state(state)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        )
+}
+
+/// Serves the sidecar's routes on `listener` until `shutdown` completes,
+/// then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    services: Services,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    let limits = services.config.server.limits;
+    let app = router(services, &format!("http://{addr}"));
+    tracing::info!(listen = %addr, "authproxy sidecar listening");
+    crate::serve::serve(listener, app, limits, shutdown).await
+}
+
+/// One span per request, carrying its id (never headers: they may hold
+/// tokens). Only the id: formatting method and path into every request's
+/// span was measured to cost /healthz ~40% of its throughput (see
+/// bench/PROFILE.md); the id is echoed to the client and forwarded upstream
+/// by the proxy, which is enough to correlate.
+fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", id)
+}
+
+fn no_store_json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    let mut res = (status, axum::Json(body)).into_response();
+    let h = res.headers_mut();
+    // RFC 6749 §5.1: token responses (and their errors) must not be cached.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    res
+}
+
+/// `/api/*`: the forward proxy, with a reused token for the whole ceiling.
+async fn proxy(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+) -> Response {
+    if let Err(why) = state.caller.check(peer, req.headers()) {
+        return TokenError::AccessDenied(why).into_response();
+    }
+    let Some(p) = &state.proxy else {
+        return ProxyError::NotConfigured.into_response();
+    };
+    let started = std::time::Instant::now();
+    let forwarded = match bearer_header(&state) {
+        Ok(authorization) => p.forward(authorization, req).await,
+        Err(e) => Err(e),
+    };
+    let res = match forwarded {
+        Ok(res) => res,
+        Err(e) => {
+            match &e {
+                ProxyError::Unreachable(_) => state.metrics.upstream_error("unreachable"),
+                ProxyError::Timeout(_) => state.metrics.upstream_error("timeout"),
+                _ => {}
+            }
+            e.into_response()
+        }
+    };
+    state
+        .metrics
+        .proxy_result(res.status().as_u16(), started.elapsed());
+    res
+}
+
+/// `Bearer <token>` for the proxy: the workload's whole ceiling, reused.
+fn bearer_header(state: &AppState) -> Result<HeaderValue, ProxyError> {
+    let sidecar = &state.sidecar;
+    let issued = sidecar
+        .issue_reusing(&sidecar.ceiling(), state.max_ttl, clock::now())
+        .map_err(ProxyError::NoToken)?;
+    // A compact JWS is base64url and dots: always a valid header value.
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", issued.minted.token))
+        .map_err(|_| ProxyError::BadRequest("the token is not a header value"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Parses a token request body as the token endpoint does (fuzzing).
+#[cfg(fuzzing)]
+pub(crate) fn parse_form(body: &[u8]) -> bool {
+    token::Form::parse(body).is_ok()
+}

@@ -1,0 +1,314 @@
+//! The token endpoint (DESIGN §4): RFC 6749 §4.4 client credentials for the
+//! code in this container.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use authproxy_core::ScopeSet;
+use authproxy_core::clock;
+use authproxy_core::oauth::ErrorBody;
+use authproxy_core::token::MintError;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::{AppState, no_store_json};
+use crate::sidecar::Sidecar;
+
+/// Largest token request body accepted (413 above).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Shortest lifetime a caller may ask for with `x-token-ttl`.
+pub const MIN_REQUESTED_TTL: u64 = 30;
+
+/// A refused token request, mapped to RFC 6749 §5.2 JSON.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Return `400 Bad Request`, `invalid_request`.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Return `400 Bad Request`, `unsupported_grant_type`.
+    #[error("{0}")]
+    UnsupportedGrantType(String),
+    /// Return `400 Bad Request`, `invalid_scope`.
+    #[error("{0}")]
+    InvalidScope(String),
+    /// Return `403 Forbidden`, `access_denied`: the request does not come
+    /// from a local workload (proxied, from a browser, or a remote peer).
+    #[error("{0}")]
+    AccessDenied(String),
+    /// Return `400 Bad Request`, `invalid_request`, and close the connection:
+    /// a chunked token request.
+    #[error("chunked token requests are not accepted; send Content-Length")]
+    Framing,
+    /// Return `429 Too Many Requests` with `Retry-After` (`server.rate_limit`).
+    #[error("too many token requests; retry after {0} s")]
+    RateLimited(u64),
+    /// Return `413 Payload Too Large`, `invalid_request`.
+    #[error("request body exceeds {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    /// Return `503 Service Unavailable`, `temporarily_unavailable`: no valid grant.
+    #[error("the sidecar holds no valid grant right now; retry shortly")]
+    Unavailable,
+    /// Return `500 Internal Server Error`, `server_error`; the detail is
+    /// logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl TokenError {
+    pub(crate) fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::UnsupportedGrantType(_) => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+            Self::InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            Self::AccessDenied(_) => (StatusCode::FORBIDDEN, "access_denied"),
+            Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+            Self::Framing => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
+            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        }
+    }
+}
+
+impl IntoResponse for TokenError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        if let Self::Internal(detail) = &self {
+            tracing::error!(%detail, "token endpoint failure");
+        } else {
+            tracing::debug!(error = code, reason = %self, "token request refused");
+        }
+        let mut res = no_store_json(status, &ErrorBody::new(code, self.to_string()));
+        match self {
+            Self::Framing => {
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Self::RateLimited(secs) => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: u64,
+    scope: &'a str,
+}
+
+pub(crate) async fn token(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = std::time::Instant::now();
+    let result = token_inner(&state, peer, &headers, body);
+    let label = match &result {
+        Ok((_, true)) => "reused",
+        Ok((_, false)) => "issued",
+        Err(e) => e.parts().1,
+    };
+    state
+        .metrics
+        .token_result(&state.workload_label, label, started.elapsed());
+    match result {
+        Ok((res, _)) => res,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The token endpoint proper; returns the response and whether the token was reused.
+fn token_inner(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Response, bool), TokenError> {
+    state
+        .caller
+        .check(peer, headers)
+        .map_err(TokenError::AccessDenied)?;
+    if let Some(limiter) = &state.limiter {
+        limiter
+            .check(std::time::Instant::now())
+            .map_err(TokenError::RateLimited)?;
+    }
+    // A token request is a small form sent with Content-Length. A chunked
+    // one is refused (and its connection closed): together with a
+    // Content-Length it is the classic request-smuggling shape.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(TokenError::Framing);
+    }
+
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            TokenError::TooLarge
+        } else {
+            TokenError::InvalidRequest(format!("could not read the request body: {e}"))
+        }
+    })?;
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if form_type != Some(true) {
+        return Err(TokenError::InvalidRequest(
+            "the body must be application/x-www-form-urlencoded".into(),
+        ));
+    }
+    let form = Form::parse(&body)?;
+
+    match form.grant_type.as_deref() {
+        None => return Err(TokenError::InvalidRequest("missing grant_type".into())),
+        Some("client_credentials") => {}
+        Some(other) => {
+            return Err(TokenError::UnsupportedGrantType(format!(
+                "grant_type `{other}` is not supported; use client_credentials"
+            )));
+        }
+    }
+    // Client credentials are accepted and ignored (the workload is known by
+    // where the request comes from), but RFC 6749 §2.3.1 forbids using two
+    // authentication methods at once: that is a malformed request.
+    if form.client_secret.is_some() && headers.contains_key(header::AUTHORIZATION) {
+        return Err(TokenError::InvalidRequest(
+            "client authenticated twice (Authorization header and client_secret)".into(),
+        ));
+    }
+
+    let sidecar = &state.sidecar;
+    let ttl_secs = requested_ttl(headers, form.ttl.as_deref(), state.max_ttl)?;
+    let scope = requested_scope(form.scope.as_deref(), sidecar, &state.workload_label)?;
+
+    let at = clock::now();
+    if !sidecar.is_ready(at) {
+        return Err(TokenError::Unavailable);
+    }
+    let issued = sidecar.issue(&scope, ttl_secs, at).map_err(|e| match e {
+        MintError::GrantNotValid => TokenError::Unavailable,
+        MintError::BeyondGrant => TokenError::InvalidScope("scope exceeds the grant".into()),
+        other => TokenError::Internal(other.to_string()),
+    })?;
+    let c = &issued.minted.claims;
+    if issued.reused {
+        tracing::debug!(jti = %c.jti, sub = %c.sub, scope = %c.scope, exp = c.exp, "token reused");
+    }
+    let res = no_store_json(
+        StatusCode::OK,
+        &TokenResponse {
+            access_token: &issued.minted.token,
+            token_type: "Bearer",
+            expires_in: c.exp.saturating_sub(at),
+            scope: &c.scope,
+        },
+    );
+    Ok((res, issued.reused))
+}
+
+/// The parameters of a token request that authproxy reads.
+#[derive(Debug, Default)]
+pub(crate) struct Form {
+    grant_type: Option<String>,
+    scope: Option<String>,
+    client_secret: Option<String>,
+    ttl: Option<String>,
+}
+
+impl Form {
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, TokenError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|e| TokenError::InvalidRequest(format!("malformed form body: {e}")))?;
+        let mut form = Self::default();
+        for (k, v) in pairs {
+            let slot = match k.as_str() {
+                "grant_type" => &mut form.grant_type,
+                "scope" => &mut form.scope,
+                "client_secret" => &mut form.client_secret,
+                "x-token-ttl" => &mut form.ttl,
+                // client_id and unknown parameters are ignored (RFC 6749 §3.2).
+                _ => continue,
+            };
+            // RFC 6749 §3.2: parameters must not be repeated. A second
+            // `scope` silently winning is exactly the ambiguity that gets
+            // exploited, so refuse it.
+            if slot.replace(v).is_some() {
+                return Err(TokenError::InvalidRequest(format!(
+                    "parameter `{k}` is repeated"
+                )));
+            }
+        }
+        Ok(form)
+    }
+}
+
+/// `x-token-ttl` (header or form field), clamped to `[30 s, tokens.ttl]`.
+fn requested_ttl(headers: &HeaderMap, form_ttl: Option<&str>, max: u64) -> Result<u64, TokenError> {
+    let header_ttl = match headers.get("x-token-ttl") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| TokenError::InvalidRequest("x-token-ttl is not text".into()))?,
+        ),
+        None => None,
+    };
+    let raw = match (header_ttl, form_ttl) {
+        (Some(_), Some(_)) => {
+            return Err(TokenError::InvalidRequest(
+                "x-token-ttl given both as a header and as a form field".into(),
+            ));
+        }
+        (Some(v), None) | (None, Some(v)) => v,
+        (None, None) => return Ok(max),
+    };
+    let secs: u64 = raw.trim().parse().map_err(|_| {
+        TokenError::InvalidRequest(format!("x-token-ttl `{raw}` is not a number of seconds"))
+    })?;
+    Ok(secs.clamp(MIN_REQUESTED_TTL.min(max), max))
+}
+
+/// The requested scopes, which must all be declared; absent or blank means
+/// everything declared.
+fn requested_scope(
+    scope: Option<&str>,
+    sidecar: &Sidecar,
+    id: &str,
+) -> Result<Arc<ScopeSet>, TokenError> {
+    let ceiling = sidecar.ceiling();
+    if ceiling.is_empty() {
+        return Err(TokenError::InvalidScope(format!(
+            "{id} declares no authorizations, so no token can be issued for it"
+        )));
+    }
+    let requested = match scope.map(str::trim) {
+        // The usual request: the whole ceiling, shared, not copied.
+        None | Some("") => return Ok(ceiling),
+        Some(s) => ScopeSet::parse(s).map_err(|e| TokenError::InvalidScope(e.to_string()))?,
+    };
+    let beyond: Vec<String> = requested
+        .iter()
+        .filter(|a| !ceiling.covers(a))
+        .map(ToString::to_string)
+        .collect();
+    if !beyond.is_empty() {
+        return Err(TokenError::InvalidScope(format!(
+            "not declared for {id}: {}",
+            beyond.join(" ")
+        )));
+    }
+    Ok(Arc::new(requested))
+}

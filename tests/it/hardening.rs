@@ -1,0 +1,328 @@
+//! Hostile clients against the real server: slowloris, idle connections,
+//! oversized headers, connection floods, ambiguous framing, DNS rebinding,
+//! CORS preflights, request floods, stale keys.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+fn addr(s: &TestSidecar) -> String {
+    s.url.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until EOF or `limit`; returns what arrived and whether the server closed.
+async fn read_all(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+        }
+    }
+}
+
+async fn fast_sidecar() -> TestSidecar {
+    spawn_sidecar(Options {
+        server_extra: "header_read_timeout = \"1s\"",
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_slowloris_client_is_disconnected_and_others_are_unaffected() {
+    let s = fast_sidecar().await;
+    let mut slow = TcpStream::connect(addr(&s)).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // Meanwhile a normal client is served at once.
+    let ok = client()
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    // …well before the slow connection's 1 s deadline has even passed.
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Trickle a header byte every 200 ms: the deadline is for the whole head.
+    for _ in 0..10 {
+        if slow.write_all(b"X").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, closed) = read_all(&mut slow, Duration::from_secs(2)).await;
+    assert!(closed, "slowloris connection still open");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let s = fast_sidecar().await;
+    let mut c = TcpStream::connect(addr(&s)).await.unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let started = Instant::now();
+    let (_, closed) = read_all(&mut c, Duration::from_secs(3)).await;
+    assert!(closed, "idle keep-alive connection was never closed");
+    assert!(started.elapsed() < Duration::from_millis(2500));
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let s = spawn_sidecar(Options::default()).await;
+    let res = client()
+        .get(format!("{}/healthz", s.url))
+        .header("x-big", "a".repeat(20 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 431);
+    // Just under the cap is fine.
+    let res = client()
+        .get(format!("{}/healthz", s.url))
+        .header("x-big", "a".repeat(12 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_until_a_slot_frees() {
+    let s = spawn_sidecar(Options {
+        server_extra: "max_connections = 2",
+        ..Options::default()
+    })
+    .await;
+    let a = TcpStream::connect(addr(&s)).await.unwrap();
+    let _b = TcpStream::connect(addr(&s)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    assert!(
+        c.get(format!("{}/healthz", s.url)).send().await.is_err(),
+        "served beyond the cap"
+    );
+    drop(a);
+    let res = client()
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+async fn raw(s: &TestSidecar, request: &[u8]) -> (String, bool) {
+    let mut c = TcpStream::connect(addr(s)).await.unwrap();
+    c.write_all(request).await.unwrap();
+    read_all(&mut c, Duration::from_secs(3)).await
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused_and_the_connection_closed() {
+    let s = spawn_sidecar(Options::default()).await;
+    let body = b"grant_type=client_credentials";
+    // Two different Content-Lengths.
+    let mut req = b"POST /oauth2/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 29\r\nContent-Length: 5\r\n\r\n".to_vec();
+    req.extend_from_slice(body);
+    let (res, closed) = raw(&s, &req).await;
+    assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+    assert!(closed);
+
+    // Content-Length and Transfer-Encoding, with a smuggled request behind.
+    let smuggle = b"POST /oauth2/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n1d\r\ngrant_type=client_credentials\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let (res, closed) = raw(&s, smuggle).await;
+    assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+    assert!(!res.contains("access_token"));
+    assert!(closed);
+    assert_eq!(
+        res.matches("HTTP/1.1 ").count(),
+        1,
+        "the smuggled request was answered: {res}"
+    );
+
+    // Elsewhere hyper frames by Transfer-Encoding (RFC 9112 §6.3) and closes.
+    let (res, closed) = raw(
+        &s,
+        b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .await;
+    assert!(closed);
+    assert_eq!(res.matches("HTTP/1.1 ").count(), 1, "{res}");
+}
+
+#[tokio::test]
+async fn a_non_loopback_host_header_gets_no_token_and_no_proxy() {
+    let (up, _stop) = serve(axum::Router::new().fallback(|| async { "upstream" })).await;
+    let s = spawn_sidecar(Options {
+        sections: proxy_to(&up),
+        ..Options::default()
+    })
+    .await;
+    let port = s.url.rsplit(':').next().unwrap().to_owned();
+    for host in [
+        format!("evil.example:{port}"),
+        "evil.example".into(),
+        format!("10.0.0.1:{port}"),
+    ] {
+        let res = client()
+            .post(s.token_url())
+            .header("host", &host)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{host}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"], "access_denied");
+        let res = client()
+            .get(format!("{}/api/x", s.url))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "proxy, {host}");
+    }
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let res = client()
+            .post(s.token_url())
+            .header("host", &host)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{host}");
+    }
+    // Public documents are served whatever the Host.
+    let res = client()
+        .get(format!("{}/.well-known/jwks.json", s.url))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn preflights_get_no_cors_headers() {
+    let s = spawn_sidecar(Options::default()).await;
+    let res = client()
+        .request(reqwest::Method::OPTIONS, s.token_url())
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(!res.status().is_success());
+    for (name, _) in res.headers() {
+        assert!(!name.as_str().starts_with("access-control-"), "{name}");
+    }
+    assert!(!res.text().await.unwrap().contains("access_token"));
+}
+
+#[tokio::test]
+async fn the_optional_rate_limit_answers_429_with_retry_after() {
+    // The bucket arithmetic is unit-tested with a time parameter
+    // (server.rs); here only what holds however slow the machine is.
+    let s = spawn_sidecar(Options {
+        server_extra: "rate_limit = 1",
+        ..Options::default()
+    })
+    .await;
+    let started = Instant::now();
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..6 {
+        let res = post_form(&s.token_url(), "grant_type=client_credentials")
+            .send()
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                let retry: u64 = res.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1);
+                let body: serde_json::Value = res.json().await.unwrap();
+                assert_eq!(body["error"], "slow_down");
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // A burst of 1, then 1 a second.
+    assert!(
+        ok >= 1 && f64::from(ok) <= 1.0 + elapsed.ceil(),
+        "{ok} allowed in {elapsed:.2}s"
+    );
+    if elapsed < 4.0 {
+        assert!(limited >= 1, "no 429 in {elapsed:.2}s");
+    }
+    // Without the setting there is no limit.
+    let open = spawn_sidecar(Options::default()).await;
+    for _ in 0..20 {
+        assert_eq!(
+            request_token(&open.token_url(), &[("grant_type", "client_credentials")])
+                .await
+                .0,
+            200
+        );
+    }
+}
+
+#[tokio::test]
+async fn stale_keys_keep_working_up_to_the_limit_then_fail_closed() {
+    let s = spawn_sidecar(Options::default()).await;
+    let jwks: serde_json::Value = jwks_json(&s).await;
+    let key_server = axum::Router::new().fallback(move || {
+        let j = jwks.clone();
+        async move { axum::Json(j) }
+    });
+    let (url, key_server) = serve_stoppable(key_server).await;
+    let built_at = now();
+    let auth = authproxy_layer::Authorizer::builder()
+        .jwks_url(url)
+        .audience(AUDIENCE)
+        .environment("main")
+        .max_stale(Duration::from_secs(60))
+        .min_refetch_interval(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    key_server.stop().await;
+    let t = token(&s, None).await;
+    // Time is a parameter: 30 s after the last fetch, the cached keys serve.
+    assert!(auth.verify(&t, built_at + 30).await.is_ok());
+    // Past the limit, with the key server still down: refused.
+    assert_eq!(
+        auth.verify(&t, built_at + 62).await.unwrap_err(),
+        authproxy_core::verify::InvalidToken::KeysStale
+    );
+}

@@ -1,0 +1,375 @@
+//! Forward-proxy mode against real upstreams on 127.0.0.1:0.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::common::*;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use futures_util::StreamExt as _;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// An upstream that echoes what it received and records every request.
+async fn echo_upstream() -> (
+    String,
+    Arc<Mutex<Vec<Value>>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let router = Router::new().fallback(move |req: Request| {
+        let s = Arc::clone(&s);
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+            let headers: serde_json::Map<String, Value> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap())))
+                .collect();
+            let v = json!({
+                "method": parts.method.as_str(),
+                "path": parts.uri.path(),
+                "query": parts.uri.query(),
+                "headers": headers,
+                "body": String::from_utf8_lossy(&body),
+            });
+            s.lock().unwrap().push(v.clone());
+            (
+                [("x-upstream", "yes"), ("connection", "keep-alive")],
+                axum::Json(v),
+            )
+        }
+    });
+    let (url, stop) = serve(router).await;
+    (url, seen, stop)
+}
+
+async fn proxied_sidecar(upstream: &str, extra: &str) -> TestSidecar {
+    let sections = format!("[proxy]\nupstream = \"{upstream}\"\n{extra}");
+    spawn_sidecar(Options {
+        sections: Box::leak(sections.into_boxed_str()),
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn get_and_post_are_forwarded_with_the_sidecar_token_replacing_the_clients() {
+    let (up, _seen, _stop) = echo_upstream().await;
+    let s = proxied_sidecar(&format!("{up}/base"), "").await;
+    let auth = authorizer_for(&s).await;
+
+    let res = client()
+        .get(format!("{}/api/things/a%20b?x=1&y=two", s.url))
+        .header("authorization", "Bearer client-supplied")
+        .header("x-custom", "kept")
+        .header("connection", "x-hop")
+        .header("x-hop", "dropped")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-upstream"], "yes");
+    // The upstream's hop-by-hop `Connection: keep-alive` is not passed on.
+    assert!(res.headers().get("connection").is_none());
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/base/things/a%20b");
+    assert_eq!(v["query"], "x=1&y=two");
+    assert_eq!(v["headers"]["x-custom"], "kept");
+    assert!(v["headers"].get("x-hop").is_none(), "{v}");
+    let bearer = v["headers"]["authorization"].as_str().unwrap();
+    let token = bearer.strip_prefix("Bearer ").unwrap();
+    assert_ne!(token, "client-supplied");
+    let p = auth.verify(token, now()).await.unwrap();
+    assert_eq!(p.sub().to_string(), "app/web");
+    assert_eq!(p.scopes().to_string(), "task:operate:send-report env:view");
+
+    let res = client()
+        .post(format!("{}/api/submit", s.url))
+        .header("content-type", "application/json")
+        .body(r#"{"hello":"world"}"#)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["body"], r#"{"hello":"world"}"#);
+    assert_eq!(v["headers"]["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn connection_authorization_cannot_strip_the_injected_token() {
+    let (up, _seen, _stop) = echo_upstream().await;
+    let s = proxied_sidecar(&up, "").await;
+    let res = client()
+        .get(format!("{}/api/x", s.url))
+        .header("connection", "authorization, close")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = res.json().await.unwrap();
+    assert!(
+        v["headers"]["authorization"]
+            .as_str()
+            .unwrap()
+            .starts_with("Bearer ey")
+    );
+}
+
+#[tokio::test]
+async fn the_example_upstream_answers_through_the_proxy_and_refusals_pass_through() {
+    let web = spawn_sidecar(Options {
+        declarations: E2E_PROJECT,
+        ..Options::default()
+    })
+    .await;
+    let auth = authorizer_for(&web).await;
+    let (api, _stop) = serve(crate::environment_api::app(&auth, "main")).await;
+    let s = spawn_sidecar(Options {
+        workload: "worker/web/mailer",
+        declarations: E2E_PROJECT,
+        state_dir: Some(web.state_dir.clone()),
+        sections: proxy_to(&api),
+        ..Options::default()
+    })
+    .await;
+    let (st, _, run) = call(
+        reqwest::Method::POST,
+        &format!("{}/api/tasks/notify/runs", s.url),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{run}");
+    assert_eq!(run["triggered_by"], "worker/web/mailer");
+    // The upstream's 403 comes back unchanged, challenge included.
+    let (st, www, body) = call(
+        reqwest::Method::GET,
+        &format!("{}/api/environment", s.url),
+        None,
+    )
+    .await;
+    assert_eq!(st, 403);
+    assert_eq!(
+        www.as_deref(),
+        Some("Bearer error=\"insufficient_scope\", scope=\"env:view\"")
+    );
+    assert_eq!(body["scope"], "env:view");
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_one_token_even_with_reuse_off() {
+    let (up, seen, _stop) = echo_upstream().await;
+    let s = spawn_sidecar(Options {
+        tokens_extra: "reuse = false",
+        sections: proxy_to(&up),
+        ..Options::default()
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let url = format!("{}/api/x", s.url);
+        tasks.push(tokio::spawn(async move {
+            client().get(url).send().await.unwrap().status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let seen = seen.lock().unwrap();
+    let tokens: std::collections::BTreeSet<&str> = seen
+        .iter()
+        .map(|v| v["headers"]["authorization"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen.len(), 50);
+    assert_eq!(tokens.len(), 1, "a stampede minted {} tokens", tokens.len());
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502_and_a_slow_one_a_504() {
+    let closed = closed_addr();
+    let s = proxied_sidecar(&format!("http://{closed}"), "").await;
+    let (st, _, body) = call(reqwest::Method::GET, &format!("{}/api/x", s.url), None).await;
+    assert_eq!(st, 502);
+    assert_eq!(body["error"], "bad_gateway");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable")
+    );
+
+    let slow = Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        "late"
+    });
+    let (up, _stop) = serve(slow).await;
+    let s = proxied_sidecar(&up, "timeout = \"1s\"\n").await;
+    let started = std::time::Instant::now();
+    let (st, _, body) = call(reqwest::Method::GET, &format!("{}/api/x", s.url), None).await;
+    assert_eq!(st, 504);
+    assert_eq!(body["error"], "gateway_timeout");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn redirects_are_passed_back_never_followed_with_the_token() {
+    let (elsewhere, seen_elsewhere, _s1) = echo_upstream().await;
+    let target = format!("{elsewhere}/steal");
+    let redirecting = Router::new().fallback(move || {
+        let target = target.clone();
+        async move { (axum::http::StatusCode::FOUND, [("location", target)]).into_response() }
+    });
+    let (up, _s2) = serve(redirecting).await;
+    let s = proxied_sidecar(&up, "").await;
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let res = c.get(format!("{}/api/x", s.url)).send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    assert!(seen_elsewhere.lock().unwrap().is_empty());
+}
+
+async fn raw_request(url: &str, request: &str) -> String {
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn absolute_form_targets_and_connect_are_refused() {
+    let (up, seen, _stop) = echo_upstream().await;
+    let s = proxied_sidecar(&up, "").await;
+    let host = s.url.trim_start_matches("http://").to_owned();
+    let res = raw_request(
+        &s.url,
+        &format!(
+            "GET http://evil.example/api/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+    let res = raw_request(
+        &s.url,
+        "CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 4"), "{res}");
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn browsers_and_unconfigured_sidecars_get_no_proxy() {
+    let (up, seen, _stop) = echo_upstream().await;
+    let s = proxied_sidecar(&up, "").await;
+    let res = client()
+        .get(format!("{}/api/x", s.url))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(seen.lock().unwrap().is_empty());
+
+    let plain = spawn_sidecar(Options::default()).await;
+    let (st, _, body) = call(reqwest::Method::GET, &format!("{}/api/x", plain.url), None).await;
+    assert_eq!(st, 404);
+    assert_eq!(body["error"], "not_found");
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+const BIG: usize = 100 * 1024 * 1024;
+
+/// 100 MiB up and 100 MiB down through the real daemon, whose peak RSS must
+/// stay far below the body size: bodies are streamed, not buffered.
+#[tokio::test]
+async fn large_bodies_stream_through_with_flat_memory() {
+    // Upstream: counts an upload chunk by chunk; serves a download as a stream.
+    let router = Router::new()
+        .route(
+            "/upload",
+            axum::routing::post(|body: Body| async move {
+                let mut n = 0usize;
+                let mut s = body.into_data_stream();
+                while let Some(chunk) = s.next().await {
+                    n += chunk.unwrap().len();
+                }
+                n.to_string()
+            }),
+        )
+        .route(
+            "/download",
+            axum::routing::get(|| async {
+                let chunk = bytes_of(1 << 20);
+                let stream = futures_util::stream::iter(
+                    (0..BIG >> 20).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+                );
+                Body::from_stream(stream)
+            }),
+        );
+    let (up, _stop) = serve(router).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &Options {
+            sections: proxy_to(&up),
+            ..Options::default()
+        },
+    );
+    let d = Daemon::start(&cfg, "json", "info");
+    let base = d.url.clone();
+    let before = peak_rss_kib(d.child.id());
+
+    let res = client()
+        .post(format!("{base}/api/upload"))
+        .body(vec![7u8; BIG])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.text().await.unwrap(), BIG.to_string());
+
+    let mut res = client()
+        .get(format!("{base}/api/download"))
+        .send()
+        .await
+        .unwrap();
+    let mut n = 0;
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        n += chunk.len();
+    }
+    assert_eq!(n, BIG);
+
+    let peak = peak_rss_kib(d.child.id());
+    eprintln!("daemon peak RSS: {before} KiB before, {peak} KiB after 2 x 100 MiB");
+    drop(d);
+    assert!(
+        peak - before < 32 * 1024,
+        "daemon peak RSS grew {} MiB for 2 × 100 MiB bodies",
+        (peak - before) / 1024
+    );
+}
+
+fn bytes_of(n: usize) -> axum::body::Bytes {
+    axum::body::Bytes::from(vec![1u8; n])
+}

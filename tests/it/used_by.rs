@@ -1,0 +1,219 @@
+//! `authproxy token` for scripts and crons, and the token file sink.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Output};
+
+use crate::common::*;
+
+async fn cli(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_authproxy"))
+            .args(&args)
+            .env_remove("AUTHPROXY_ENDPOINT")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn token_prints_raw_json_and_header_formats() {
+    let s = spawn_sidecar(Options::default()).await;
+    let auth = authorizer_for(&s).await;
+
+    let raw = cli(&["token", "--endpoint", &s.url]).await;
+    assert!(raw.status.success(), "{raw:?}");
+    let token = stdout(&raw).trim().to_owned();
+    assert_eq!(
+        auth.verify(&token, now()).await.unwrap().sub().to_string(),
+        "app/web"
+    );
+
+    let json = cli(&[
+        "token",
+        "--endpoint",
+        &s.url,
+        "--format",
+        "json",
+        "--scope",
+        "env:view",
+    ])
+    .await;
+    assert!(json.status.success());
+    let v: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["scope"], "env:view");
+
+    let header = cli(&[
+        "token",
+        "--endpoint",
+        &s.url,
+        "--format",
+        "header",
+        "--scope",
+        "env:view",
+        "--scope",
+        "task:operate:send-report",
+    ])
+    .await;
+    let line = stdout(&header);
+    let t = line.trim().strip_prefix("Authorization: Bearer ").unwrap();
+    let p = auth.verify(t, now()).await.unwrap();
+    assert_eq!(p.scopes().to_string(), "task:operate:send-report env:view");
+}
+
+#[tokio::test]
+async fn token_explains_a_refusal_and_exits_non_zero() {
+    let s = spawn_sidecar(Options::default()).await;
+    let out = cli(&[
+        "token",
+        "--endpoint",
+        &s.url,
+        "--scope",
+        "task:operate:notify",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).is_empty());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("invalid_scope") && err.contains("task:operate:notify"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn token_explains_an_unreachable_sidecar_and_exits_non_zero() {
+    let closed = closed_addr();
+    let url = format!("http://{closed}");
+    let out = cli(&["token", "--endpoint", &url]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(&format!("cannot reach the sidecar at {url}")),
+        "{err}"
+    );
+}
+
+fn sink_options(path: &std::path::Path, mode: Option<&str>) -> Options<'static> {
+    let mode = mode
+        .map(|m| format!("mode = \"{m}\"\n"))
+        .unwrap_or_default();
+    let sections = format!("[sink]\npath = \"{}\"\n{mode}", path.display());
+    Options {
+        tokens_extra: "ttl = \"30s\"",
+        sections: Box::leak(sections.into_boxed_str()),
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn the_sink_writes_a_valid_token_with_the_configured_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let s = spawn_sidecar(sink_options(&path, None)).await;
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    let token = std::fs::read_to_string(&path).unwrap();
+    let auth = authorizer_for(&s).await;
+    let p = auth.verify(&token, now()).await.unwrap();
+    assert_eq!(p.scopes().to_string(), "task:operate:send-report env:view");
+
+    let path2 = dir.path().join("token2");
+    let _s2 = spawn_sidecar(sink_options(&path2, Some("0600"))).await;
+    assert_eq!(
+        std::fs::metadata(&path2).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+/// Time is a parameter: the next write is due at 80% of the token's life,
+/// and a due write replaces the file with a new, valid token.
+#[tokio::test]
+async fn the_sink_replaces_the_token_at_four_fifths_of_its_life() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let s = spawn_sidecar(sink_options(&path, None)).await;
+    let first = std::fs::read_to_string(&path).unwrap();
+    let c = part(&first, 1);
+    let (iat, exp) = (c["iat"].as_u64().unwrap(), c["exp"].as_u64().unwrap());
+    assert_eq!(exp - iat, 30);
+    let mut due = s.daemon.token_file_due();
+    assert_eq!(*due.borrow_and_update(), iat + 24);
+
+    // The background task, once the write is due, rewrites the file and
+    // schedules the next write.
+    s.daemon.rewrite_token_file();
+    // Each write publishes its next due time: wait for that event.
+    let second = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            due.changed().await.unwrap();
+            if *due.borrow_and_update() != 0 {
+                return std::fs::read_to_string(&path).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("the token file task rewrote the file");
+    assert_ne!(second, first, "the token file was not replaced");
+    assert_ne!(part(&second, 1)["jti"], c["jti"]);
+    let auth = authorizer_for(&s).await;
+    assert!(auth.verify(&second, now()).await.is_ok());
+    // No temporary file is left beside it.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn a_reload_that_narrows_the_authorizations_rewrites_the_token_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let s = spawn_sidecar(sink_options(&path, None)).await;
+    let before = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        part(&before, 1)["scope"],
+        "task:operate:send-report env:view"
+    );
+    std::fs::write(
+        s.dir.path().join("project.yaml"),
+        "applications:\n  web:\n    authorizations: [{ type: env, action: view }]\n",
+    )
+    .unwrap();
+    assert!(s.daemon.reload(now()).await.unwrap());
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(part(&after, 1)["scope"], "env:view");
+}
+
+#[test]
+fn a_sink_that_cannot_be_written_or_has_nothing_to_write_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (opts, expected) in [
+        (
+            sink_options(std::path::Path::new("/nonexistent-dir/token"), None),
+            "sink.path /nonexistent-dir/token",
+        ),
+        (
+            Options {
+                workload: "worker/web/mailer",
+                ..sink_options(&dir.path().join("t"), None)
+            },
+            "declares no authorizations",
+        ),
+    ] {
+        let sub = tempfile::tempdir().unwrap();
+        let cfg = write_config(sub.path(), &opts);
+        let out = Command::new(env!("CARGO_BIN_EXE_authproxy"))
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(expected), "{err}");
+    }
+}
