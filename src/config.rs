@@ -144,6 +144,9 @@ pub struct TrustConfig {
     pub state_dir: PathBuf,
     /// Grant lifetime, 1 m – 30 d.
     pub grant_ttl: Duration,
+    /// How long unreadable or invalid declarations are survived on the
+    /// previous ones before the sidecar turns not-ready (default 10 min).
+    pub reload_grace: Duration,
 }
 
 // The raw shapes: strings as written, checked below so that errors can name
@@ -211,6 +214,7 @@ struct RawTrust {
     mode: Option<String>,
     state_dir: Option<String>,
     grant_ttl: Option<String>,
+    reload_grace: Option<String>,
 }
 
 impl Config {
@@ -331,6 +335,12 @@ impl Config {
             MAX_GRANT_TTL,
         )
         .map_err(|p| invalid("trust.grant_ttl", p))?;
+        let reload_grace = duration_in(
+            raw.trust.reload_grace.as_deref().unwrap_or("10m"),
+            Duration::ZERO,
+            MAX_GRANT_TTL,
+        )
+        .map_err(|p| invalid("trust.reload_grace", p))?;
 
         let proxy = match raw.proxy {
             None => None,
@@ -422,6 +432,7 @@ impl Config {
                     raw.trust.state_dir.unwrap_or_else(|| ".authproxy".into()),
                 ),
                 grant_ttl,
+                reload_grace,
             },
             proxy,
             sink,
@@ -481,6 +492,7 @@ mod tests {
         assert_eq!(c.tokens.ttl, Duration::from_secs(300));
         assert!(c.tokens.reuse);
         assert_eq!(c.trust.grant_ttl, Duration::from_secs(86400));
+        assert_eq!(c.trust.reload_grace, Duration::from_secs(600));
     }
 
     #[test]

@@ -19,7 +19,9 @@ use authproxy_core::token::MintError;
 use tokio::sync::watch;
 
 use crate::config::{Config, SinkConfig};
-use crate::grant_source::{GrantError, GrantSource, SourceError};
+use authproxy_core::grant::GrantClaims;
+
+use crate::grant_source::{Change, GrantError, GrantSource, SourceError};
 use crate::proxy::Proxy;
 use crate::server::{self, Services};
 use crate::sidecar::{Sidecar, TokenSettings};
@@ -194,41 +196,84 @@ impl Daemon {
         served
     }
 
-    /// Replaces the grant with a fresh one from the source.
+    /// Ready means: holds a valid grant, and the declarations behind it
+    /// have not been failing to reload for longer than `trust.reload_grace`.
+    pub fn is_ready(&self, now: u64) -> bool {
+        self.services.is_ready(now)
+    }
+
+    /// Replaces the grant with a fresh one from the source. The embedded
+    /// source re-reads the declarations first, so a renewal never re-issues
+    /// authorizations the project withdrew; if they cannot be read, the
+    /// renewal goes on with the ceiling in force (within the grace).
     pub async fn renew(&self, now: u64) -> Result<(), GrantError> {
         let _writer = self.grant_writer.lock().await;
-        let sidecar = self.sidecar();
-        let grant = self
-            .services
-            .source
-            .obtain(sidecar.public_key(), now)
-            .await?;
-        tracing::info!(jti = %grant.claims().jti, exp = grant.claims().exp, "grant renewed");
-        sidecar.install(grant);
+        let change = match self.services.source.reload(now) {
+            Ok(change) => change,
+            Err(e) => {
+                self.reload_failed(&e, now);
+                Change::default()
+            }
+        };
+        let grant = self.replace_grant(change, now).await?;
+        tracing::info!(jti = %grant.jti, exp = grant.exp, "grant renewed");
         Ok(())
     }
 
-    /// Re-reads the declarations. If they are valid and still declare this
-    /// workload, new tokens use them: a new grant is installed when the
-    /// ceiling changed (and the token file rewritten at once, so it does
-    /// not keep withdrawn authorizations). If not, nothing changes and the
-    /// error says why. Returns whether the ceiling changed.
+    /// Re-reads the declarations. If they are valid, new tokens use them at
+    /// once: a new grant is installed when the ceiling changed — under a new
+    /// sidecar key when something was withdrawn, so the wider grant is bound
+    /// to no live key — and the token file is rewritten. A workload no
+    /// longer declared drops to no authorizations. If they cannot be read,
+    /// nothing changes (the error says why) until `trust.reload_grace` has
+    /// passed; then the sidecar turns not-ready. Returns whether the ceiling
+    /// changed.
     pub async fn reload(&self, now: u64) -> Result<bool, ReloadError> {
         let _writer = self.grant_writer.lock().await;
-        let changed = self.services.source.reload()?;
-        if changed {
-            let sidecar = self.sidecar();
-            let grant = self
-                .services
-                .source
-                .obtain(sidecar.public_key(), now)
-                .await?;
-            sidecar.install(grant);
+        let change = self.services.source.reload(now).map_err(|e| {
+            self.reload_failed(&e, now);
+            e
+        })?;
+        if change.changed {
+            self.replace_grant(change, now).await?;
             if let Some(sink) = &self.services.config.sink {
                 self.write_token_file(sink, now)?;
             }
         }
-        Ok(changed)
+        Ok(change.changed)
+    }
+
+    /// Obtains and installs a grant for the current ceiling; under a fresh
+    /// key when the ceiling narrowed. Callers hold `grant_writer`.
+    async fn replace_grant(&self, change: Change, now: u64) -> Result<GrantClaims, GrantError> {
+        let sidecar = self.sidecar();
+        let source = &self.services.source;
+        if change.narrowed {
+            let key = SigningKey::generate()?;
+            let grant = source.obtain(key.public(), now).await?;
+            let claims = grant.claims().clone();
+            sidecar.rotate(key, grant);
+            tracing::info!(kid = %claims.cnf.jkt, "authorizations narrowed; sidecar key rotated");
+            Ok(claims)
+        } else {
+            let grant = source.obtain(&sidecar.public_key(), now).await?;
+            let claims = grant.claims().clone();
+            sidecar.install(grant);
+            Ok(claims)
+        }
+    }
+
+    /// Counts a failed reload, and logs the first of a run of failures
+    /// (the SIGHUP handler reports each one it triggers).
+    fn reload_failed(&self, e: &SourceError, now: u64) {
+        self.services.metrics.reload_failures.inc();
+        let error = e.to_string().replace("\n  - ", " | ");
+        if self.services.source.failing_since() == Some(now) {
+            let grace = self.config().trust.reload_grace.as_secs();
+            tracing::warn!(%error, not_ready_at = now.saturating_add(grace), "declarations cannot be reloaded; the previous ones stay in force until trust.reload_grace runs out");
+        } else {
+            tracing::debug!(%error, "declarations still cannot be reloaded");
+        }
     }
 
     /// Mints a token for the whole ceiling, writes it, and schedules the

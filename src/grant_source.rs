@@ -4,6 +4,7 @@
 //! at start, at renewal and after a reload.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use authproxy_core::declarations::{Declarations, DeclarationsError};
 use authproxy_core::grant::{Grant, GrantRequest};
@@ -40,7 +41,7 @@ pub enum SourceError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GrantError {
-    /// Signing failed.
+    /// Signing, or generating a new sidecar key, failed.
     #[error("grant signing failed: {0}")]
     Sign(#[from] KeyError),
 }
@@ -68,11 +69,28 @@ impl GrantSource {
         }
     }
 
-    /// Re-reads what decides the ceiling (the declarations file). On error
-    /// nothing changes. Returns whether the ceiling changed.
-    pub fn reload(&self) -> Result<bool, SourceError> {
+    /// Re-reads what decides the ceiling (the declarations file) at `now`.
+    /// A workload no longer declared drops to no authorizations. On error
+    /// nothing changes, and the failure is remembered until a reload
+    /// succeeds (see [`GrantSource::is_current`]).
+    pub fn reload(&self, now: u64) -> Result<Change, SourceError> {
         match self {
-            Self::Embedded(e) => e.reload(),
+            Self::Embedded(e) => e.reload(now),
+        }
+    }
+
+    /// False once reloads have been failing for longer than `grace`: the
+    /// ceiling in force may then be one the project withdrew, and a sidecar
+    /// must stop serving it rather than fail open.
+    pub fn is_current(&self, now: u64, grace: u64) -> bool {
+        self.failing_since()
+            .is_none_or(|t| now < t.saturating_add(grace))
+    }
+
+    /// When the reloads failing since the last success began, if they are.
+    pub fn failing_since(&self) -> Option<u64> {
+        match self {
+            Self::Embedded(e) => e.failing_since(),
         }
     }
 
@@ -84,6 +102,15 @@ impl GrantSource {
     }
 }
 
+/// What a reload did to the ceiling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Change {
+    /// The ceiling is different.
+    pub changed: bool,
+    /// Something was withdrawn (the new ceiling is not a superset).
+    pub narrowed: bool,
+}
+
 /// The embedded issuer: root key + declarations, on this machine.
 #[derive(Debug)]
 pub struct Embedded {
@@ -91,10 +118,11 @@ pub struct Embedded {
     issuer: String,
     workload: WorkloadId,
     environment: Environment,
-    config_file: PathBuf,
     declarations: PathBuf,
     ttl_secs: u64,
     ceiling: Shared<ScopeSet>,
+    /// Unix time of the first of the reloads failing since the last success.
+    failing_since: Mutex<Option<u64>>,
 }
 
 impl Embedded {
@@ -109,10 +137,10 @@ impl Embedded {
             issuer: config.tokens.issuer.clone(),
             workload: config.workload.id.clone(),
             environment: config.workload.environment.clone(),
-            config_file: config.file.clone(),
             declarations: config.workload.declarations.clone(),
             ttl_secs: config.trust.grant_ttl.as_secs(),
             ceiling: Shared::new(ceiling),
+            failing_since: Mutex::new(None),
         })
     }
 
@@ -132,11 +160,39 @@ impl Embedded {
         )?)
     }
 
-    fn reload(&self) -> Result<bool, SourceError> {
-        let ceiling = load_ceiling(&self.config_file, &self.declarations, &self.workload)?;
-        let changed = *self.ceiling.load() != ceiling;
+    fn reload(&self, now: u64) -> Result<Change, SourceError> {
+        let mut failing = self
+            .failing_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let declarations = match Declarations::load(&self.declarations) {
+            Ok(d) => d,
+            Err(e) => {
+                failing.get_or_insert(now);
+                return Err(e.into());
+            }
+        };
+        *failing = None;
+        // Valid declarations that no longer name this workload withdraw
+        // everything it had: fail closed, not open.
+        let ceiling = declarations
+            .get(&self.workload)
+            .map(|e| e.authorizations.clone())
+            .unwrap_or_default();
+        let old = self.ceiling.load();
+        let change = Change {
+            changed: *old != ceiling,
+            narrowed: !old.is_subset(&ceiling),
+        };
         self.ceiling.store(ceiling);
-        Ok(changed)
+        Ok(change)
+    }
+
+    fn failing_since(&self) -> Option<u64> {
+        *self
+            .failing_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

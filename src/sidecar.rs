@@ -2,8 +2,9 @@
 //! token reuse cache. No I/O and no clock: the daemon ([`crate::daemon`])
 //! brings grants and the time.
 //!
-//! There is one grant slot and the ceiling *is* the grant's scope, so a
-//! renewal and a reload cannot leave a ceiling and a grant that disagree.
+//! There is one slot, holding the key and the grant that binds it, and the
+//! ceiling *is* the grant's scope: a renewal and a reload cannot leave a
+//! ceiling and a grant that disagree, nor a key its grant does not bind.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,19 +27,24 @@ pub struct TokenSettings {
     pub reuse: bool,
 }
 
+/// A sidecar key and the grant that binds it: swapped together.
+#[derive(Debug)]
+struct Signer {
+    key: Arc<SigningKey>,
+    grant: Arc<Grant>,
+}
+
 /// A sidecar's key, grant and reuse cache. Cheap to share behind an `Arc`.
 pub struct Sidecar {
     settings: TokenSettings,
-    key: SigningKey,
-    grant: Shared<Grant>,
+    signer: Shared<Signer>,
     cache: Mutex<HashMap<(String, u64), Arc<Minted>>>,
 }
 
 impl std::fmt::Debug for Sidecar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sidecar")
-            .field("key", &self.key)
-            .field("grant", &self.grant.load())
+            .field("signer", &self.signer.load())
             .finish_non_exhaustive()
     }
 }
@@ -57,37 +63,54 @@ impl Sidecar {
     pub fn new(key: SigningKey, grant: Grant, settings: TokenSettings) -> Self {
         Self {
             settings,
-            key,
-            grant: Shared::new(grant),
+            signer: Shared::new(Signer {
+                key: Arc::new(key),
+                grant: Arc::new(grant),
+            }),
             cache: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The public half of the sidecar key, which grants bind.
-    pub fn public_key(&self) -> &PublicKey {
-        self.key.public()
+    /// The public half of the current sidecar key, which grants bind.
+    pub fn public_key(&self) -> PublicKey {
+        self.signer.load().key.public().clone()
     }
 
     /// The current grant.
     pub fn grant(&self) -> Arc<Grant> {
-        self.grant.load()
+        Arc::clone(&self.signer.load().grant)
     }
 
     /// The workload's authorizations: the current grant's scope.
     pub fn ceiling(&self) -> Arc<ScopeSet> {
-        self.grant.load().shared_scope()
+        self.signer.load().grant.shared_scope()
     }
 
-    /// Installs a new grant; tokens minted under the old one are no longer
-    /// handed out.
+    /// Installs a new grant for the current key; tokens minted under the
+    /// old one are no longer handed out.
     pub fn install(&self, grant: Grant) {
-        self.grant.store(grant);
+        let key = Arc::clone(&self.signer.load().key);
+        self.store(key, grant);
+    }
+
+    /// Replaces the key and its grant together (the old key is dropped, so
+    /// nothing can sign under the old grant any more); tokens minted under
+    /// the old pair are no longer handed out.
+    pub fn rotate(&self, key: SigningKey, grant: Grant) {
+        self.store(Arc::new(key), grant);
+    }
+
+    fn store(&self, key: Arc<SigningKey>, grant: Grant) {
+        self.signer.store(Signer {
+            key,
+            grant: Arc::new(grant),
+        });
         self.lock_cache().clear();
     }
 
     /// Ready means: holds a grant valid now.
     pub fn is_ready(&self, now: u64) -> bool {
-        self.grant().is_valid_at(now)
+        self.signer.load().grant.is_valid_at(now)
     }
 
     /// Hands out a token for `scope` (already checked against the ceiling by
@@ -149,10 +172,10 @@ impl Sidecar {
         ttl_secs: u64,
         now: u64,
     ) -> Result<Issued, MintError> {
-        let grant = self.grant();
+        let signer = self.signer.load();
         let minted = mint(
-            &self.key,
-            &grant,
+            &signer.key,
+            &signer.grant,
             MintRequest {
                 audience: &self.settings.audience,
                 scope,
@@ -252,7 +275,7 @@ mod tests {
                 workload: &"app/web".parse::<WorkloadId>().unwrap(),
                 environment: &Environment::parse("main").unwrap(),
                 ceiling: &ScopeSet::parse("env:view").unwrap(),
-                sidecar_key: s.public_key(),
+                sidecar_key: &s.public_key(),
                 ttl_secs: 86_400,
             },
             T0,

@@ -52,6 +52,8 @@ pub struct SidecarMetrics {
     pub proxy_latency: Histogram,
     /// Upstream failures by kind.
     pub proxy_upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    /// Reloads of the declarations that failed (SIGHUP or renewal).
+    pub reload_failures: Counter,
 }
 
 /// Latency buckets from 10 µs to ~5 s.
@@ -98,7 +100,14 @@ impl Default for SidecarMetrics {
             "Upstream failures by kind",
             proxy_upstream_errors.clone(),
         );
+        let reload_failures = Counter::default();
+        registry.register(
+            "reload_failures",
+            "Reloads of the declarations that failed (the previous ones stay in force within trust.reload_grace)",
+            reload_failures.clone(),
+        );
         Self {
+            reload_failures,
             registry,
             tokens,
             token_latency,

@@ -53,7 +53,7 @@ pub(crate) async fn healthz() -> Response {
 }
 
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    if state.sidecar.is_ready(clock::now()) {
+    if state.is_ready(clock::now()) {
         axum::Json(json!({"status": "ready"})).into_response()
     } else {
         (

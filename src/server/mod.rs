@@ -48,6 +48,24 @@ pub struct Services {
     pub metrics: Arc<SidecarMetrics>,
 }
 
+impl Services {
+    /// Ready: holds a valid grant, and its declarations have not been
+    /// failing to reload for longer than `trust.reload_grace`.
+    pub fn is_ready(&self, now: u64) -> bool {
+        ready(&self.sidecar, &self.source, &self.config, now)
+    }
+}
+
+fn ready(sidecar: &Sidecar, source: &GrantSource, config: &Config, now: u64) -> bool {
+    sidecar.is_ready(now) && source.is_current(now, config.trust.reload_grace.as_secs())
+}
+
+impl AppState {
+    fn is_ready(&self, now: u64) -> bool {
+        ready(&self.sidecar, &self.source, &self.config, now)
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     config: Arc<Config>,

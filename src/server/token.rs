@@ -197,7 +197,7 @@ fn token_inner(
     let scope = requested_scope(form.scope.as_deref(), sidecar, &state.workload_label)?;
 
     let at = clock::now();
-    if !sidecar.is_ready(at) {
+    if !state.is_ready(at) {
         return Err(TokenError::Unavailable);
     }
     let issued = sidecar.issue(&scope, ttl_secs, at).map_err(|e| match e {

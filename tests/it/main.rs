@@ -21,5 +21,6 @@ mod e2e;
 mod hardening;
 mod operations;
 mod proxy;
+mod reload;
 mod sidecar;
 mod used_by;

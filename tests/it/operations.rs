@@ -232,11 +232,14 @@ async fn sighup_reloads_good_declarations_and_keeps_the_old_on_bad_ones() {
     assert_eq!(st, 200);
     assert_eq!(still["scope"], "env:view");
 
-    // Bad: the workload disappears.
+    // Valid declarations without this workload: it drops to no
+    // authorizations (issue #11: reload must not fail open).
     std::fs::write(&decl, "applications:\n  other: {}\n").unwrap();
     d.signal("-HUP");
-    d.wait_log("reload refused");
-    assert_eq!(scope_of(&d.url).await.0, 200);
+    d.wait_log("declarations reloaded; new grant issued");
+    let (st, none) = scope_of(&d.url).await;
+    assert_eq!(st, 400, "{none}");
+    assert_eq!(none["error"], "invalid_scope");
     d.signal("-TERM");
     assert!(d.wait_exit(Duration::from_secs(10)).success());
 }
