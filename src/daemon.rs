@@ -230,10 +230,11 @@ impl Daemon {
     /// changed.
     pub async fn reload(&self, now: u64) -> Result<bool, ReloadError> {
         let _writer = self.grant_writer.lock().await;
-        let change = self.services.source.reload(now).map_err(|e| {
-            self.reload_failed(&e, now);
-            e
-        })?;
+        let change = self
+            .services
+            .source
+            .reload(now)
+            .inspect_err(|e| self.reload_failed(e, now))?;
         if change.changed {
             self.replace_grant(change, now).await?;
             if let Some(sink) = &self.services.config.sink {

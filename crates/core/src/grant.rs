@@ -207,3 +207,168 @@ impl Grant {
         self.claims.iat + life * 2 / 3
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::random_id;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    const T0: u64 = 1_700_000_000;
+    const TTL: u64 = 900;
+
+    struct Issued {
+        root: SigningKey,
+        sidecar: SigningKey,
+        jti: String,
+        grant: Grant,
+    }
+
+    fn main_env() -> Environment {
+        Environment::parse("main").unwrap()
+    }
+
+    fn issue() -> Issued {
+        let root = SigningKey::generate().unwrap();
+        let sidecar = SigningKey::generate().unwrap();
+        let workload: WorkloadId = "worker/web/queue".parse().unwrap();
+        let ceiling = ScopeSet::parse("env:view task:operate:send-report").unwrap();
+        let jti = random_id();
+        let grant = Grant::issue(
+            &root,
+            GrantRequest {
+                issuer: "authproxy-root",
+                workload: &workload,
+                environment: &main_env(),
+                ceiling: &ceiling,
+                sidecar_key: sidecar.public(),
+                ttl_secs: TTL,
+            },
+            T0,
+            jti.clone(),
+        )
+        .unwrap();
+        Issued {
+            root,
+            sidecar,
+            jti,
+            grant,
+        }
+    }
+
+    fn roots_of(key: &SigningKey) -> RootKeys {
+        RootKeys::from([(key.public().thumbprint().to_owned(), key.public().clone())])
+    }
+
+    #[test]
+    fn issue_writes_the_claims_it_was_asked_for() {
+        let i = issue();
+        let c = i.grant.claims();
+        assert_eq!(c.iss, "authproxy-root");
+        assert_eq!(c.sub, "worker/web/queue");
+        assert_eq!(c.env, "main");
+        assert_eq!((c.iat, c.nbf, c.exp), (T0, T0, T0 + TTL));
+        assert_eq!(c.jti, i.jti);
+        assert_eq!(c.cnf.jkt, i.sidecar.public().thumbprint());
+        // Canonical order: task authorizations first.
+        assert_eq!(c.scope, "task:operate:send-report env:view");
+        assert_eq!(i.grant.root_kid(), i.root.public().thumbprint());
+
+        let header = jsonwebtoken::decode_header(i.grant.compact()).unwrap();
+        assert_eq!(header.typ.as_deref(), Some(GRANT_TYP));
+        assert_eq!(header.kid.as_deref(), Some(i.root.public().thumbprint()));
+        assert!(header.jwk.is_none(), "grants do not embed their key");
+    }
+
+    #[test]
+    fn renewal_is_due_two_thirds_into_the_life() {
+        let i = issue();
+        assert_eq!(i.grant.renew_at(), T0 + TTL * 2 / 3);
+        assert_eq!(i.grant.renew_at(), T0 + 600);
+    }
+
+    #[test]
+    fn a_grant_is_valid_from_nbf_until_just_before_exp() {
+        let g = issue().grant;
+        assert!(!g.is_valid_at(T0 - 1));
+        assert!(g.is_valid_at(T0));
+        assert!(g.is_valid_at(T0 + TTL - 1));
+        assert!(!g.is_valid_at(T0 + TTL));
+    }
+
+    #[test]
+    fn an_issued_grant_verifies_and_round_trips() {
+        let i = issue();
+        let back =
+            Grant::verify(i.grant.compact(), &roots_of(&i.root), &main_env(), 0, T0).unwrap();
+        assert_eq!(back.workload(), &"worker/web/queue".parse().unwrap());
+        assert_eq!(back.root_kid(), i.root.public().thumbprint());
+        assert_eq!(back.scope(), i.grant.scope());
+        assert_eq!(back.claims(), i.grant.claims());
+        assert_eq!(back.compact(), i.grant.compact());
+    }
+
+    #[test]
+    fn verify_refuses_a_grant_for_another_environment() {
+        let i = issue();
+        let staging = Environment::parse("staging").unwrap();
+        assert!(matches!(
+            Grant::verify(i.grant.compact(), &roots_of(&i.root), &staging, 0, T0),
+            Err(InvalidToken::WrongEnvironment)
+        ));
+    }
+
+    #[test]
+    fn verify_refuses_a_grant_from_an_unknown_root() {
+        let i = issue();
+        let stranger = SigningKey::generate().unwrap();
+        assert!(matches!(
+            Grant::verify(i.grant.compact(), &roots_of(&stranger), &main_env(), 0, T0),
+            Err(InvalidToken::UnknownRootKey)
+        ));
+    }
+
+    #[test]
+    fn verify_refuses_an_expired_grant() {
+        let i = issue();
+        let roots = roots_of(&i.root);
+        assert!(Grant::verify(i.grant.compact(), &roots, &main_env(), 30, T0 + TTL + 29).is_ok());
+        assert!(matches!(
+            Grant::verify(i.grant.compact(), &roots, &main_env(), 30, T0 + TTL + 30),
+            Err(InvalidToken::Expired(Part::Grant))
+        ));
+    }
+
+    #[test]
+    fn verify_refuses_a_tampered_payload() {
+        let i = issue();
+        let mut parts = i.grant.compact().split('.');
+        let (header, payload, signature) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let mut claims: GrantClaims =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        claims.scope.push_str(" task:operate:drop-database");
+        let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+        let forged = format!("{header}.{forged_payload}.{signature}");
+        assert!(matches!(
+            Grant::verify(&forged, &roots_of(&i.root), &main_env(), 0, T0),
+            Err(InvalidToken::BadSignature(Part::Grant))
+        ));
+    }
+
+    #[test]
+    fn verify_refuses_a_grant_whose_sub_is_not_a_workload() {
+        let i = issue();
+        let mut claims = i.grant.claims().clone();
+        claims.sub = "cron/web/nightly".into();
+        let compact = i.root.sign(GRANT_TYP, &claims, false).unwrap();
+        assert!(matches!(
+            Grant::verify(&compact, &roots_of(&i.root), &main_env(), 0, T0),
+            Err(InvalidToken::Malformed(Part::Grant))
+        ));
+    }
+}

@@ -126,3 +126,140 @@ pub fn mint(
     let token = key.sign(ACCESS_TOKEN_TYP, &claims, true)?;
     Ok(Minted { token, claims })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grant::GrantRequest;
+    use crate::keys::random_id;
+    use crate::workload::{Environment, WorkloadId};
+
+    const T0: u64 = 1_700_000_000;
+    const GRANT_TTL: u64 = 600;
+    const AUD: &str = "https://api.example.internal";
+
+    fn scopes(s: &str) -> ScopeSet {
+        ScopeSet::parse(s).unwrap()
+    }
+
+    /// A sidecar key and a grant binding it, valid `[T0, T0 + GRANT_TTL)`.
+    fn granted() -> (SigningKey, Grant) {
+        let root = SigningKey::generate().unwrap();
+        let sidecar = SigningKey::generate().unwrap();
+        let workload: WorkloadId = "task/send-report".parse().unwrap();
+        let grant = Grant::issue(
+            &root,
+            GrantRequest {
+                issuer: "authproxy-root",
+                workload: &workload,
+                environment: &Environment::parse("main").unwrap(),
+                ceiling: &scopes("env:view task:operate:send-report"),
+                sidecar_key: sidecar.public(),
+                ttl_secs: GRANT_TTL,
+            },
+            T0,
+            random_id(),
+        )
+        .unwrap();
+        (sidecar, grant)
+    }
+
+    fn request(scope: &ScopeSet, ttl_secs: u64) -> MintRequest<'_> {
+        MintRequest {
+            audience: AUD,
+            scope,
+            ttl_secs,
+        }
+    }
+
+    #[test]
+    fn mint_refuses_a_scope_beyond_the_grant() {
+        let (key, grant) = granted();
+        let beyond = scopes("env:view task:operate:other");
+        assert!(matches!(
+            mint(&key, &grant, request(&beyond, 60), T0, random_id()),
+            Err(MintError::BeyondGrant)
+        ));
+    }
+
+    #[test]
+    fn mint_refuses_a_grant_not_valid_now() {
+        let (key, grant) = granted();
+        let s = scopes("env:view");
+        for now in [T0 - 1, T0 + GRANT_TTL, T0 + GRANT_TTL + 1] {
+            assert!(
+                matches!(
+                    mint(&key, &grant, request(&s, 60), now, random_id()),
+                    Err(MintError::GrantNotValid)
+                ),
+                "now = {now}"
+            );
+        }
+        assert!(
+            mint(
+                &key,
+                &grant,
+                request(&s, 60),
+                T0 + GRANT_TTL - 1,
+                random_id()
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn minted_claims_follow_the_grant_and_the_request() {
+        let (key, grant) = granted();
+        let jti = random_id();
+        let m = mint(
+            &key,
+            &grant,
+            request(&scopes("env:view"), 60),
+            T0 + 5,
+            jti.clone(),
+        )
+        .unwrap();
+        let c = &m.claims;
+        let g = grant.claims();
+        assert_eq!(c.iss, g.iss);
+        assert_eq!(c.sub, "task/send-report");
+        assert_eq!(c.client_id, "task/send-report");
+        assert_eq!(c.env, "main");
+        assert_eq!(c.aud, AUD);
+        assert_eq!(c.scope, "env:view");
+        assert_eq!((c.iat, c.nbf, c.exp), (T0 + 5, T0 + 5, T0 + 65));
+        assert_eq!(c.jti, jti);
+        assert_eq!(c.grant, grant.compact());
+    }
+
+    #[test]
+    fn token_expiry_is_capped_at_the_grant_expiry() {
+        let (key, grant) = granted();
+        let s = scopes("env:view");
+        let m = mint(&key, &grant, request(&s, 300), T0 + 500, random_id()).unwrap();
+        assert_eq!(m.claims.exp, T0 + GRANT_TTL);
+        assert_eq!(m.claims.exp, grant.claims().exp);
+        let m = mint(&key, &grant, request(&s, u64::MAX), T0, random_id()).unwrap();
+        assert_eq!(m.claims.exp, grant.claims().exp);
+    }
+
+    #[test]
+    fn the_header_names_the_type_and_embeds_the_signing_key() {
+        let (key, grant) = granted();
+        let m = mint(
+            &key,
+            &grant,
+            request(&scopes("env:view"), 60),
+            T0,
+            random_id(),
+        )
+        .unwrap();
+        let header = jsonwebtoken::decode_header(&m.token).unwrap();
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+        assert_eq!(header.typ.as_deref(), Some(ACCESS_TOKEN_TYP));
+        assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+        assert_eq!(header.kid.as_deref(), Some(key.public().thumbprint()));
+        assert_eq!(header.kid.as_deref(), Some(grant.claims().cnf.jkt.as_str()));
+        assert_eq!(header.jwk, Some(key.public().bare_jwk()));
+    }
+}

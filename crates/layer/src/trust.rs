@@ -248,3 +248,186 @@ fn parse_jwks(bytes: &[u8]) -> Result<Jwks, String> {
     }
     Jwks::from_json(bytes).map_err(|e| format!("not a JWKS document: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    use authproxy_core::keys::SigningKey;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn key() -> SigningKey {
+        SigningKey::generate().unwrap()
+    }
+
+    fn jwks_bytes(keys: &[&SigningKey]) -> Vec<u8> {
+        serde_json::to_vec(&Jwks::publish(keys.iter().map(|k| k.public()))).unwrap()
+    }
+
+    fn write_jwks(path: &Path, keys: &[&SigningKey]) {
+        std::fs::write(path, jwks_bytes(keys)).unwrap();
+    }
+
+    async fn open_file(path: &Path, min_refetch_interval: Duration) -> Result<KeyStore, JwksError> {
+        KeyStore::open(KeySource::File(path.to_owned()), min_refetch_interval).await
+    }
+
+    #[tokio::test]
+    async fn a_jwks_file_is_read_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (a, b) = (key(), key());
+        write_jwks(&path, &[&a, &b]);
+        let store = open_file(&path, HOUR).await.unwrap();
+        let keys = store.current();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains_key(a.public().thumbprint()));
+        assert!(keys.contains_key(b.public().thumbprint()));
+        assert!(store.is_refreshable());
+    }
+
+    #[tokio::test]
+    async fn a_file_without_a_usable_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        // An HMAC secret with a kid, and an Ed25519 key without one.
+        let bare = serde_json::to_value(key().public().bare_jwk()).unwrap();
+        let doc = serde_json::json!({"keys": [
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
+            bare,
+        ]});
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        match open_file(&path, HOUR).await {
+            Err(JwksError::NoUsableKeys(name)) => assert_eq!(name, path.display().to_string()),
+            other => panic!(
+                "expected NoUsableKeys, got {:?}",
+                other.map(|s| s.current())
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversize_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        // A valid document, made too large by trailing whitespace only.
+        let mut bytes = jwks_bytes(&[&key()]);
+        bytes.resize(MAX_JWKS_BYTES + 1, b' ');
+        assert!(Jwks::from_json(&bytes).is_ok());
+        std::fs::write(&path, &bytes).unwrap();
+        match open_file(&path, HOUR).await {
+            Err(JwksError::Fetch { message, .. }) => {
+                assert!(message.contains("too large"), "{message}");
+            }
+            other => panic!(
+                "expected a size error, got {:?}",
+                other.map(|s| s.current())
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_is_a_fetch_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.json");
+        assert!(matches!(
+            open_file(&path, HOUR).await,
+            Err(JwksError::Fetch { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn refresh_picks_up_a_changed_file_and_keeps_keys_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (old, new) = (key(), key());
+        write_jwks(&path, &[&old]);
+        let store = open_file(&path, HOUR).await.unwrap();
+
+        write_jwks(&path, &[&new]);
+        assert!(store.refresh().await);
+        let keys = store.current();
+        assert!(keys.contains_key(new.public().thumbprint()));
+        assert!(!keys.contains_key(old.public().thumbprint()));
+
+        // A broken file: the last good keys stay.
+        std::fs::write(&path, b"not json").unwrap();
+        assert!(!store.refresh().await);
+        assert!(store.current().contains_key(new.public().thumbprint()));
+    }
+
+    #[tokio::test]
+    async fn keys_are_stale_only_long_after_their_last_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        write_jwks(&path, &[&key()]);
+        let store = open_file(&path, HOUR).await.unwrap();
+        let now = clock::now();
+        assert!(!store.is_stale(now, HOUR));
+        assert!(!store.is_stale(now + 3600, HOUR));
+        assert!(store.is_stale(now + 3600 + 60, HOUR));
+        assert!(store.is_stale(now + 365 * 24 * 3600, HOUR));
+    }
+
+    #[tokio::test]
+    async fn static_keys_are_never_stale_nor_refetched() {
+        let k = key();
+        let store = KeyStore::open(KeySource::Static(Jwks::publish([k.public()])), HOUR)
+            .await
+            .unwrap();
+        assert!(store.current().contains_key(k.public().thumbprint()));
+        assert!(!store.is_refreshable());
+        assert!(!store.is_stale(clock::now() + 365 * 24 * 3600, HOUR));
+        assert!(!store.refetch_for_unknown_kid(&store.current()).await);
+    }
+
+    #[tokio::test]
+    async fn unknown_kid_refetches_respect_the_minimum_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (a, b, c) = (key(), key(), key());
+        write_jwks(&path, &[&a]);
+        let store = open_file(&path, HOUR).await.unwrap();
+
+        // The first unknown kid after open fetches at once.
+        write_jwks(&path, &[&a, &b]);
+        assert!(store.refetch_for_unknown_kid(&store.current()).await);
+        assert!(store.current().contains_key(b.public().thumbprint()));
+
+        // A second one within the interval does not touch the source.
+        write_jwks(&path, &[&a, &b, &c]);
+        assert!(!store.refetch_for_unknown_kid(&store.current()).await);
+        assert!(!store.current().contains_key(c.public().thumbprint()));
+    }
+
+    #[tokio::test]
+    async fn a_caller_holding_an_older_snapshot_is_told_the_keys_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (a, b) = (key(), key());
+        write_jwks(&path, &[&a]);
+        let store = open_file(&path, HOUR).await.unwrap();
+        let seen = store.current();
+        write_jwks(&path, &[&a, &b]);
+        assert!(store.refresh().await);
+        // Within the interval, yet true: the keys are newer than `seen`.
+        assert!(store.refetch_for_unknown_kid(&seen).await);
+        assert!(store.current().contains_key(b.public().thumbprint()));
+    }
+
+    #[tokio::test]
+    async fn without_a_minimum_interval_every_unknown_kid_refetches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (a, b, c) = (key(), key(), key());
+        write_jwks(&path, &[&a]);
+        let store = open_file(&path, Duration::ZERO).await.unwrap();
+        write_jwks(&path, &[&b]);
+        assert!(store.refetch_for_unknown_kid(&store.current()).await);
+        write_jwks(&path, &[&c]);
+        assert!(store.refetch_for_unknown_kid(&store.current()).await);
+        assert!(store.current().contains_key(c.public().thumbprint()));
+    }
+}

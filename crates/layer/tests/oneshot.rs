@@ -1,0 +1,407 @@
+//! The layer in front of an axum router, driven with `tower::ServiceExt::oneshot`:
+//! real tokens minted in memory, no sockets.
+#![allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)] // test code: a failure should panic loudly
+
+use authproxy_core::clock;
+use authproxy_core::grant::{Grant, GrantRequest};
+use authproxy_core::keys::{SigningKey, random_id};
+use authproxy_core::token::{MintRequest, mint};
+use authproxy_layer::{
+    Authorizer, BuildError, Environment, InvalidToken, Jwks, Part, Principal, ScopeSet, WorkloadId,
+};
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use axum::routing::{get, post};
+use tower::ServiceExt as _;
+
+const AUD: &str = "https://api.example.internal";
+const T0: u64 = 1_700_000_000;
+
+/// A root key and a sidecar key whose grant (for `app/web`) it signs.
+struct Chain {
+    root: SigningKey,
+    sidecar: SigningKey,
+    grant: Grant,
+}
+
+impl Chain {
+    /// A grant for `app/web` in `environment`, issued at `issued_at` for a day.
+    fn new(environment: &str, ceiling: &str, issued_at: u64) -> Self {
+        let root = SigningKey::generate().unwrap();
+        let sidecar = SigningKey::generate().unwrap();
+        let workload: WorkloadId = "app/web".parse().unwrap();
+        let grant = Grant::issue(
+            &root,
+            GrantRequest {
+                issuer: "authproxy-root",
+                workload: &workload,
+                environment: &Environment::parse(environment).unwrap(),
+                ceiling: &ScopeSet::parse(ceiling).unwrap(),
+                sidecar_key: sidecar.public(),
+                ttl_secs: 24 * 3600,
+            },
+            issued_at,
+            random_id(),
+        )
+        .unwrap();
+        Self {
+            root,
+            sidecar,
+            grant,
+        }
+    }
+
+    fn main(ceiling: &str) -> Self {
+        Self::new("main", ceiling, clock::now())
+    }
+
+    fn token_at(&self, scope: &str, ttl_secs: u64, now: u64) -> String {
+        let req = MintRequest {
+            audience: AUD,
+            scope: &ScopeSet::parse(scope).unwrap(),
+            ttl_secs,
+        };
+        mint(&self.sidecar, &self.grant, req, now, random_id())
+            .unwrap()
+            .token
+    }
+
+    /// A token valid for five minutes from the real clock.
+    fn token(&self, scope: &str) -> String {
+        self.token_at(scope, 300, clock::now())
+    }
+
+    async fn authorizer(&self) -> Authorizer {
+        Authorizer::builder()
+            .keys(Jwks::publish([self.root.public()]))
+            .audience(AUD)
+            .environment("main")
+            .build()
+            .await
+            .unwrap()
+    }
+}
+
+async fn whoami(p: Principal) -> String {
+    p.sub().to_string()
+}
+
+fn app(auth: &Authorizer) -> Router {
+    Router::new()
+        .route(
+            "/environment",
+            get(whoami).route_layer(auth.require("env:view")),
+        )
+        .route(
+            "/tasks/{name}/runs",
+            post(whoami).route_layer(auth.require("task:operate:{name}")),
+        )
+        .route("/unguarded", get(whoami))
+}
+
+fn request(method: Method, uri: &str, authorization: &[&str]) -> Request<Body> {
+    let mut req = Request::builder().method(method).uri(uri);
+    for value in authorization {
+        req = req.header(header::AUTHORIZATION, *value);
+    }
+    req.body(Body::empty()).unwrap()
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn send(app: Router, req: Request<Body>) -> Response<Body> {
+    app.oneshot(req).await.unwrap()
+}
+
+async fn text(res: Response<Body>) -> String {
+    let bytes = axum::body::to_bytes(res.into_body(), 64 * 1024)
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+fn challenge(res: &Response<Body>) -> &str {
+    res.headers()
+        .get(header::WWW_AUTHENTICATE)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or_default()
+}
+
+/// The JSON error body, checked to carry `error` and `error_description`.
+async fn error_body(res: Response<Body>) -> serde_json::Value {
+    assert_eq!(
+        res.headers().get(header::CONTENT_TYPE),
+        Some(&HeaderValue::from_static("application/json"))
+    );
+    let body: serde_json::Value = serde_json::from_str(&text(res).await).unwrap();
+    assert!(body["error"].is_string(), "{body}");
+    assert!(body["error_description"].is_string(), "{body}");
+    body
+}
+
+#[tokio::test]
+async fn a_good_token_reaches_the_handler_with_its_principal() {
+    let chain = Chain::main("env:view task:operate:send-report");
+    let app = app(&chain.authorizer().await);
+    let token = chain.token("env:view task:operate:send-report");
+
+    let res = send(
+        app.clone(),
+        request(Method::GET, "/environment", &[&bearer(&token)]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(text(res).await, "app/web");
+
+    let res = send(
+        app,
+        request(Method::POST, "/tasks/send-report/runs", &[&bearer(&token)]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(text(res).await, "app/web");
+}
+
+#[tokio::test]
+async fn no_authorization_header_gets_a_bare_bearer_challenge() {
+    let chain = Chain::main("env:view");
+    let app = app(&chain.authorizer().await);
+    let res = send(app, request(Method::GET, "/environment", &[])).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&res), "Bearer");
+    error_body(res).await;
+}
+
+#[tokio::test]
+async fn another_authorization_scheme_gets_a_bare_bearer_challenge() {
+    let chain = Chain::main("env:view");
+    let app = app(&chain.authorizer().await);
+    let res = send(
+        app,
+        request(Method::GET, "/environment", &["Basic dXNlcjpwYXNz"]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&res), "Bearer");
+}
+
+#[tokio::test]
+async fn a_garbage_token_is_an_invalid_token() {
+    let chain = Chain::main("env:view");
+    let app = app(&chain.authorizer().await);
+    let res = send(
+        app,
+        request(Method::GET, "/environment", &["Bearer not.a.jwt"]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenge(&res),
+        "Bearer error=\"invalid_token\", error_description=\"the access token is invalid\""
+    );
+    let body = error_body(res).await;
+    assert_eq!(body["error"], "invalid_token");
+    assert_eq!(body["error_description"], "the access token is invalid");
+}
+
+#[tokio::test]
+async fn an_expired_token_is_told_it_expired() {
+    let issued = clock::now() - 1000;
+    let chain = Chain::new("main", "env:view", issued);
+    let app = app(&chain.authorizer().await);
+    // Sixty seconds of life, a thousand seconds ago: past any leeway.
+    let token = chain.token_at("env:view", 60, issued);
+    let res = send(
+        app,
+        request(Method::GET, "/environment", &[&bearer(&token)]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let c = challenge(&res).to_owned();
+    assert!(c.contains("error=\"invalid_token\""), "{c}");
+    assert!(
+        c.contains("error_description=\"the access token expired\""),
+        "{c}"
+    );
+    let body = error_body(res).await;
+    assert_eq!(body["error"], "invalid_token");
+    assert_eq!(body["error_description"], "the access token expired");
+}
+
+#[tokio::test]
+async fn a_token_from_another_environment_is_refused() {
+    let staging = Chain::new("staging", "env:view", clock::now());
+    let app = app(&staging.authorizer().await); // the authorizer serves "main"
+    let res = send(
+        app,
+        request(
+            Method::GET,
+            "/environment",
+            &[&bearer(&staging.token("env:view"))],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_body(res).await["error"], "invalid_token");
+}
+
+#[tokio::test]
+async fn two_authorization_headers_are_an_invalid_request() {
+    let chain = Chain::main("env:view");
+    let app = app(&chain.authorizer().await);
+    let good = bearer(&chain.token("env:view"));
+    let res = send(app, request(Method::GET, "/environment", &[&good, &good])).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(challenge(&res), "Bearer error=\"invalid_request\"");
+    assert_eq!(error_body(res).await["error"], "invalid_request");
+}
+
+#[tokio::test]
+async fn a_token_without_the_task_gets_insufficient_scope_naming_it() {
+    let chain = Chain::main("env:view task:operate:send-report");
+    let app = app(&chain.authorizer().await);
+    let token = chain.token("env:view task:operate:send-report");
+    let res = send(
+        app,
+        request(Method::POST, "/tasks/other/runs", &[&bearer(&token)]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let c = challenge(&res).to_owned();
+    assert!(c.contains("error=\"insufficient_scope\""), "{c}");
+    assert!(c.contains("scope=\"task:operate:other\""), "{c}");
+    let body = error_body(res).await;
+    assert_eq!(body["error"], "insufficient_scope");
+    assert_eq!(body["scope"], "task:operate:other");
+}
+
+#[tokio::test]
+async fn a_token_without_env_view_gets_insufficient_scope() {
+    let chain = Chain::main("env:view task:operate:send-report");
+    let app = app(&chain.authorizer().await);
+    let token = chain.token("task:operate:send-report");
+    let res = send(
+        app,
+        request(Method::GET, "/environment", &[&bearer(&token)]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(challenge(&res).contains("scope=\"env:view\""));
+    assert_eq!(error_body(res).await["scope"], "env:view");
+}
+
+#[tokio::test]
+async fn a_path_parameter_that_is_not_a_name_is_forbidden() {
+    let chain = Chain::main("env:view task:operate:send-report");
+    let app = app(&chain.authorizer().await);
+    let token = chain.token("env:view task:operate:send-report");
+    let res = send(
+        app.clone(),
+        request(Method::POST, "/tasks/Bad%20Name/runs", &[&bearer(&token)]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(challenge(&res).contains("error=\"insufficient_scope\""));
+    assert_eq!(error_body(res).await["error"], "insufficient_scope");
+
+    // Not a name either, though it looks like one the token holds.
+    let res = send(
+        app,
+        request(Method::POST, "/tasks/Send-Report/runs", &[&bearer(&token)]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_body(res).await["error"], "insufficient_scope");
+}
+
+#[tokio::test]
+async fn a_handler_asking_for_a_principal_on_an_unguarded_route_gets_a_server_error() {
+    let chain = Chain::main("env:view");
+    let app = app(&chain.authorizer().await);
+    let token = chain.token("env:view");
+    let res = send(app, request(Method::GET, "/unguarded", &[&bearer(&token)])).await;
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(error_body(res).await["error"], "server_error");
+}
+
+#[tokio::test]
+async fn authorizer_verify_judges_at_the_time_it_is_given() {
+    let chain = Chain::new("main", "env:view task:operate:send-report", T0);
+    let auth = chain.authorizer().await;
+    let token = chain.token_at("env:view", 300, T0);
+    let exp = T0 + 300;
+
+    let p = auth.verify(&token, T0 + 1).await.unwrap();
+    assert_eq!(p.sub().to_string(), "app/web");
+    assert_eq!(p.env().as_str(), "main");
+    assert_eq!(p.scopes(), &ScopeSet::parse("env:view").unwrap());
+    assert_eq!(p.exp(), exp);
+    assert!(!p.jti().is_empty());
+
+    // Default leeway: 30 s.
+    assert!(auth.verify(&token, exp + 29).await.is_ok());
+    assert_eq!(
+        auth.verify(&token, exp + 30).await.unwrap_err(),
+        InvalidToken::Expired(Part::Token)
+    );
+}
+
+#[tokio::test]
+async fn authorizer_verify_refuses_a_grant_from_an_untrusted_root() {
+    let trusted = Chain::new("main", "env:view", T0);
+    let stranger = Chain::new("main", "env:view", T0);
+    let auth = trusted.authorizer().await;
+    let token = stranger.token_at("env:view", 300, T0);
+    assert_eq!(
+        auth.verify(&token, T0).await.unwrap_err(),
+        InvalidToken::UnknownRootKey
+    );
+}
+
+#[tokio::test]
+async fn an_authorizer_needs_keys_an_audience_and_an_environment() {
+    let root = SigningKey::generate().unwrap();
+    let keys = || Jwks::publish([root.public()]);
+    assert!(matches!(
+        Authorizer::builder()
+            .audience(AUD)
+            .environment("main")
+            .build()
+            .await,
+        Err(BuildError::Missing(_))
+    ));
+    assert!(matches!(
+        Authorizer::builder()
+            .keys(keys())
+            .environment("main")
+            .build()
+            .await,
+        Err(BuildError::Missing("audience"))
+    ));
+    assert!(matches!(
+        Authorizer::builder()
+            .keys(keys())
+            .audience(AUD)
+            .build()
+            .await,
+        Err(BuildError::Missing("environment"))
+    ));
+    assert!(matches!(
+        Authorizer::builder()
+            .keys(keys())
+            .audience(AUD)
+            .environment("Not An Env")
+            .build()
+            .await,
+        Err(BuildError::Environment(_))
+    ));
+}
