@@ -47,7 +47,7 @@ async fn broken_declarations_are_survived_for_the_grace_then_the_sidecar_turns_n
     assert!(s.daemon.reload(t0).await.is_err());
     // Within the grace: the previous declarations serve.
     assert!(s.daemon.is_ready(t0 + 599));
-    assert_eq!(token(&s, Some("env:view")).await.is_empty(), false);
+    assert!(!token(&s, Some("env:view")).await.is_empty());
     assert_eq!(metric(&s, "authproxy_reload_failures_total").await, 1.0);
     // Past it: not ready, and no token.
     assert!(!s.daemon.is_ready(t0 + 601));
