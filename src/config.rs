@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use authproxy_core::grant::MAX_GRANT_LIFETIME;
 use authproxy_core::token::MAX_TOKEN_LIFETIME;
 use authproxy_core::{Environment, WorkloadId};
 
@@ -18,8 +19,8 @@ pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(30);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(MAX_TOKEN_LIFETIME);
 /// Shortest grant lifetime a config may set.
 pub const MIN_GRANT_TTL: Duration = Duration::from_secs(60);
-/// Longest grant lifetime a config may set.
-pub const MAX_GRANT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest grant lifetime a config may set (what verifiers accept).
+pub const MAX_GRANT_TTL: Duration = Duration::from_secs(MAX_GRANT_LIFETIME);
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +143,7 @@ pub struct TrustConfig {
     pub mode: TrustMode,
     /// Directory holding the embedded root key.
     pub state_dir: PathBuf,
-    /// Grant lifetime, 1 m – 30 d.
+    /// Grant lifetime, 1 m – 7 d.
     pub grant_ttl: Duration,
     /// How long unreadable or invalid declarations are survived on the
     /// previous ones before the sidecar turns not-ready (default 10 min).

@@ -17,6 +17,12 @@ use crate::workload::{Environment, WorkloadId};
 /// `typ` header value of a grant.
 pub const GRANT_TYP: &str = "grant+jwt";
 
+/// Longest grant lifetime (`exp - iat`), in seconds: 7 days. Issuers never
+/// sign longer (`trust.grant_ttl`, the issuer's `grant_ttl`), and verifiers
+/// refuse longer, so a root key that leaked briefly cannot have signed a
+/// grant that outlives its rotation by years.
+pub const MAX_GRANT_LIFETIME: u64 = 7 * 24 * 3600;
+
 /// RFC 7800 confirmation: the thumbprint of the key the grant binds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confirmation {
@@ -56,6 +62,8 @@ pub struct Grant {
     workload: WorkloadId,
     /// The `kid` of the root key that signed it.
     root_kid: String,
+    /// The RFC 7638 thumbprint of that root key.
+    root_thumbprint: String,
     /// Shared: the token endpoint hands the whole ceiling out per request.
     scope: Arc<ScopeSet>,
 }
@@ -118,6 +126,7 @@ impl Grant {
             claims,
             workload: req.workload.clone(),
             root_kid: root.public().thumbprint().to_owned(),
+            root_thumbprint: root.public().thumbprint().to_owned(),
             scope: Arc::new(req.ceiling.clone()),
         })
     }
@@ -146,6 +155,9 @@ impl Grant {
             .and_then(|kid| roots.get_key_value(kid))
             .ok_or(InvalidToken::UnknownRootKey)?;
         let claims: GrantClaims = decode_verified(compact, root, Part::Grant)?;
+        if claims.exp.saturating_sub(claims.iat) > MAX_GRANT_LIFETIME {
+            return Err(InvalidToken::GrantTooLongLived);
+        }
         if claims.env != environment.as_str() {
             return Err(InvalidToken::WrongEnvironment);
         }
@@ -161,6 +173,7 @@ impl Grant {
             claims,
             workload,
             root_kid: root_kid.clone(),
+            root_thumbprint: root.thumbprint().to_owned(),
             scope: Arc::new(scope),
         })
     }
@@ -185,6 +198,15 @@ impl Grant {
         &self.root_kid
     }
 
+    /// True while the root key that signed it is among `roots` (the same
+    /// key under the same `kid`). A grant verified earlier and cached is
+    /// re-checked with this, so it dies with its root's removal.
+    pub fn is_signed_by_one_of(&self, roots: &RootKeys) -> bool {
+        roots
+            .get(&self.root_kid)
+            .is_some_and(|k| k.thumbprint() == self.root_thumbprint)
+    }
+
     /// The ceiling, parsed.
     pub fn scope(&self) -> &ScopeSet {
         &self.scope
@@ -203,8 +225,10 @@ impl Grant {
     /// When the sidecar should ask for the next grant: two thirds into its
     /// life, leaving a third as margin for a slow or failing issuer.
     pub fn renew_at(&self) -> u64 {
-        let life = self.claims.exp.saturating_sub(self.claims.iat);
-        self.claims.iat + life * 2 / 3
+        let life = u128::from(self.claims.exp.saturating_sub(self.claims.iat));
+        // In u128: `life * 2` cannot overflow, and the result is < `exp`.
+        let offset = u64::try_from(life * 2 / 3).unwrap_or(u64::MAX);
+        self.claims.iat.saturating_add(offset)
     }
 }
 

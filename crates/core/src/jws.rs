@@ -81,6 +81,10 @@ pub enum InvalidToken {
     /// Token `exp` after grant `exp`.
     #[error("token outlives its grant")]
     OutlivesGrant,
+    /// Grant lifetime (`exp - iat`) over [`crate::grant::MAX_GRANT_LIFETIME`]:
+    /// a grant signed once with a briefly stolen root must not live for years.
+    #[error("grant lifetime exceeds the maximum")]
+    GrantTooLongLived,
     /// Token lifetime over [`MAX_TOKEN_LIFETIME`].
     #[error("token lifetime exceeds the maximum")]
     TooLongLived,

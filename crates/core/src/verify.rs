@@ -43,6 +43,8 @@ struct VerifiedInner {
     scopes: ScopeSet,
     jti: String,
     exp: u64,
+    /// The grant it was verified under: a cache hit re-checks its root.
+    grant: Arc<Grant>,
 }
 
 impl Verified {
@@ -117,12 +119,13 @@ impl Verifier {
             return Err(InvalidToken::TooLarge);
         }
         let token_key = cache_key(token);
-        // A cached token was fully verified before; only time can change
-        // its verdict (the root that signed its grant stays trusted for the
-        // grant's life — revocation arrives with a later issue).
+        // A cached token was fully verified before; time and the root of
+        // its grant can change its verdict. The root is re-checked on every
+        // hit: a grant signed by a root that has since been removed (a
+        // rotation after a leak) must stop working at once, not at its exp.
         if let Some(p) = self.tokens.get(&token_key, now) {
-            if now >= p.exp().saturating_add(self.leeway) {
-                return Err(InvalidToken::Expired(Part::Token));
+            if !p.0.grant.is_signed_by_one_of(roots) {
+                return Err(InvalidToken::UnknownRootKey);
             }
             return Ok(p);
         }
@@ -190,6 +193,7 @@ impl Verifier {
             scopes,
             jti: claims.jti,
             exp: claims.exp,
+            grant: Arc::clone(&grant),
         }));
         self.tokens.insert(
             token_key,
@@ -208,6 +212,9 @@ impl Verifier {
     ) -> Result<Arc<Grant>, InvalidToken> {
         let grant_key = cache_key(compact);
         if let Some(g) = self.grants.get(&grant_key, now) {
+            if !g.is_signed_by_one_of(roots) {
+                return Err(InvalidToken::UnknownRootKey);
+            }
             let c = g.claims();
             check_time(c.iat, c.nbf, c.exp, now, self.leeway, Part::Grant)?;
             return Ok(g);
@@ -555,8 +562,8 @@ mod tests {
             v.tokens.get(&cache_key(&token), T0 + 1).is_some(),
             "the first verification must cache the token"
         );
-        // A hit within its life, even without the roots at hand.
-        assert!(v.verify(&token, &RootKeys::new(), exp + LEEWAY - 1).is_ok());
+        // A hit within its life (its root still trusted).
+        assert!(v.verify(&token, &chain.roots(), exp + LEEWAY - 1).is_ok());
         assert_eq!(
             v.verify(&token, &chain.roots(), exp + LEEWAY).unwrap_err(),
             InvalidToken::Expired(Part::Token)
@@ -584,5 +591,71 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    // Issue #11, item 1: a cached grant must not outlive its root key.
+    #[test]
+    fn a_cached_grant_is_refused_once_its_root_leaves_the_keys() {
+        let chain = Chain::new("main", DAY);
+        let v = verifier();
+        let first = chain.token("env:view", 300, T0);
+        v.verify(&first, &chain.roots(), T0).unwrap(); // grant and token cached
+        let rotated_out = RootKeys::new();
+        // A new token under the cached grant.
+        let second = chain.token("env:view", 300, T0 + 1);
+        assert_eq!(
+            v.verify(&second, &rotated_out, T0 + 1).unwrap_err(),
+            InvalidToken::UnknownRootKey
+        );
+        // The cached token itself.
+        assert_eq!(
+            v.verify(&first, &rotated_out, T0 + 2).unwrap_err(),
+            InvalidToken::UnknownRootKey
+        );
+        // A different key published under the same kid is not the root either.
+        let impostor = SigningKey::generate().unwrap();
+        let swapped = RootKeys::from([(
+            chain.root.public().thumbprint().to_owned(),
+            impostor.public().clone(),
+        )]);
+        assert_eq!(
+            v.verify(&first, &swapped, T0 + 3).unwrap_err(),
+            InvalidToken::UnknownRootKey
+        );
+        // Back in the keys: accepted again.
+        assert!(v.verify(&first, &chain.roots(), T0 + 4).is_ok());
+    }
+
+    #[test]
+    fn a_grant_living_longer_than_seven_days_is_refused() {
+        let ok = Chain::new("main", crate::grant::MAX_GRANT_LIFETIME);
+        assert!(
+            verifier()
+                .verify(&ok.token("env:view", 300, T0), &ok.roots(), T0)
+                .is_ok()
+        );
+        let century = Chain::new("main", 100 * 365 * DAY);
+        assert_eq!(
+            verifier()
+                .verify(&century.token("env:view", 300, T0), &century.roots(), T0)
+                .unwrap_err(),
+            InvalidToken::GrantTooLongLived
+        );
+    }
+
+    #[test]
+    fn times_near_the_end_of_u64_do_not_overflow() {
+        // exp saturates at u64::MAX; verification must refuse, not panic.
+        let chain = Chain::new("main", u64::MAX);
+        let token = chain.token("env:view", 300, T0);
+        assert_eq!(
+            verifier().verify(&token, &chain.roots(), T0).unwrap_err(),
+            InvalidToken::GrantTooLongLived
+        );
+        let life = u128::from(u64::MAX - T0);
+        assert_eq!(
+            u128::from(chain.grant.renew_at()),
+            u128::from(T0) + life * 2 / 3
+        );
     }
 }
