@@ -31,6 +31,8 @@ COPY --from=build /out/authproxy /usr/local/bin/authproxy
 COPY --from=build /out/environment_api /usr/local/bin/environment_api
 COPY --from=build --chown=65532:65532 --chmod=0700 /out/state /var/lib/authproxy
 COPY deploy/config/authproxy.toml deploy/config/project.yaml /etc/authproxy/
+# `authproxy health` and `authproxy jwks` find the config without arguments.
+ENV AUTHPROXY_CONFIG=/etc/authproxy/authproxy.toml
 USER 65532:65532
 EXPOSE 8200
 HEALTHCHECK --interval=10s --timeout=3s --start-period=2s CMD ["/usr/local/bin/authproxy", "health"]

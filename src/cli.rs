@@ -1,4 +1,4 @@
-//! The CLI verbs. Each returns the process exit status; `main` only parses
+//! The CLI verbs (`serve`, `check`, `token`, `health`, `jwks`). Each returns the process exit status; `main` only parses
 //! arguments, loads the configuration, initialises logging and dispatches.
 //!
 //! Exit statuses: 0 success; 1 the verb's check failed (not ready, no
@@ -12,6 +12,9 @@ use std::sync::Arc;
 
 use authproxy_core::clock;
 use authproxy_core::declarations::Declarations;
+use authproxy_core::keys::{Jwks, RootKeys, random_id};
+use authproxy_core::proof;
+use authproxy_core::root_key::{load_or_create_root_key, load_root_public_key};
 
 use crate::config::Config;
 use crate::daemon::Daemon;
@@ -111,6 +114,31 @@ pub fn check(declarations: &Path, config: Option<&Config>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `authproxy jwks`: the root public keys as a JWKS, for an upstream to
+/// read from a file it mounts read-only — its trust anchor then never comes
+/// from a workload's network namespace.
+pub fn jwks(config: &Config, out: Option<&Path>) -> ExitCode {
+    let root = match load_or_create_root_key(&config.trust.state_dir) {
+        Ok(k) => k,
+        Err(e) => return usage_error(&e),
+    };
+    let text = match serde_json::to_string(&Jwks::publish([root.public()])) {
+        Ok(t) => t,
+        Err(e) => return failure(&e),
+    };
+    match out {
+        None => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        // Public keys: readable by the upstream's user.
+        Some(path) => match crate::sink::write_atomically(path, text.as_bytes(), 0o644) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => failure(&format!("{}: {e}", path.display())),
+        },
+    }
+}
+
 /// What `authproxy token` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenFormat {
@@ -140,14 +168,39 @@ pub fn token(endpoint: &str, scopes: &[String], format: TokenFormat) -> ExitCode
     }
 }
 
-/// `authproxy health`: 0 when the sidecar answers ready, 1 otherwise.
-pub fn health(endpoint: &str) -> ExitCode {
-    match client_runtime().and_then(|rt| {
-        rt.block_on(crate::client::check_ready(endpoint))
+/// `authproxy health`: 0 when the sidecar at `endpoint` answers ready *and*
+/// proves it is the sidecar of `config` — it signs a fresh nonce with the
+/// key that a grant from this config's root binds to this workload and
+/// environment (see [`authproxy_core::proof`]); 1 otherwise. Whoever binds
+/// the port after the sidecar dies cannot pass for it.
+pub fn health(endpoint: &str, config: &Config) -> ExitCode {
+    let root = match load_root_public_key(&config.trust.state_dir) {
+        Ok(k) => k,
+        Err(e) => return failure(&e),
+    };
+    let roots = RootKeys::from([(root.thumbprint().to_owned(), root)]);
+    let nonce = random_id();
+    let answer = client_runtime().and_then(|rt| {
+        rt.block_on(crate::client::check_ready(endpoint, &nonce))
             .map_err(|e| e.to_string())
-    }) {
+    });
+    let proof = match answer {
+        Ok(Some(proof)) => proof,
+        Ok(None) => {
+            return failure(&format!(
+                "{endpoint} answers ready but proves nothing: not the sidecar of {}",
+                config.file.display()
+            ));
+        }
+        Err(e) => return failure(&e),
+    };
+    let w = &config.workload;
+    match proof::check(&proof, &roots, &w.environment, &w.id, &nonce, clock::now()) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => failure(&e),
+        Err(e) => failure(&format!(
+            "{endpoint} answers ready but is not the sidecar of {} ({e})",
+            config.file.display()
+        )),
     }
 }
 

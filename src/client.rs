@@ -101,9 +101,10 @@ pub async fn fetch_token(
     Ok((parsed, text))
 }
 
-/// Asks the sidecar at `endpoint` whether it is ready (`GET /readyz`).
-pub async fn check_ready(endpoint: &str) -> Result<(), ClientError> {
-    let url = format!("{}/readyz", endpoint.trim_end_matches('/'));
+/// Asks the sidecar at `endpoint` whether it is ready
+/// (`GET /readyz?nonce=…`); returns the proof it answers with.
+pub async fn check_ready(endpoint: &str, nonce: &str) -> Result<Option<String>, ClientError> {
+    let url = format!("{}/readyz?nonce={nonce}", endpoint.trim_end_matches('/'));
     let unreachable = |e: reqwest::Error| ClientError::Unreachable {
         endpoint: endpoint.to_owned(),
         message: describe(&e),
@@ -115,7 +116,14 @@ pub async fn check_ready(endpoint: &str) -> Result<(), ClientError> {
         .map_err(unreachable)?;
     let res = client.get(&url).send().await.map_err(unreachable)?;
     if res.status().is_success() {
-        Ok(())
+        #[derive(Deserialize)]
+        struct Ready {
+            proof: Option<String>,
+        }
+        let text = res.text().await.map_err(unreachable)?;
+        let body: Ready =
+            serde_json::from_str(&text).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        Ok(body.proof)
     } else {
         Err(ClientError::NotReady {
             url,

@@ -44,6 +44,20 @@ enum Command {
             env = "AUTHPROXY_ENDPOINT"
         )]
         endpoint: String,
+        /// The sidecar's configuration: its `trust.state_dir` holds the id
+        /// the sidecar wrote at start, which `/readyz` must answer with.
+        #[arg(long, short, default_value = DEFAULT_CONFIG, env = "AUTHPROXY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Write the root public keys (a JWKS) for upstreams to mount as a file,
+    /// creating the embedded root key on first use as `serve` would.
+    Jwks {
+        /// The sidecar's configuration (its `trust.state_dir`).
+        #[arg(long, short, default_value = DEFAULT_CONFIG, env = "AUTHPROXY_CONFIG")]
+        config: PathBuf,
+        /// Write here (atomically, mode 0644) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Validate declarations and print every workload's effective authorizations.
     Check {
@@ -106,7 +120,14 @@ fn main() -> ExitCode {
                 Err(e) => cli::usage_error(&e),
             }
         }
-        Command::Health { endpoint } => cli::health(&endpoint),
+        Command::Jwks { config, out } => match Config::load(&config) {
+            Ok(c) => cli::jwks(&c, out.as_deref()),
+            Err(e) => cli::usage_error(&e),
+        },
+        Command::Health { endpoint, config } => match Config::load(&config) {
+            Ok(c) => cli::health(&endpoint, &c),
+            Err(e) => cli::usage_error(&e),
+        },
         Command::Check {
             config,
             declarations: Some(declarations),

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use authproxy_core::ScopeSet;
 use authproxy_core::grant::Grant;
-use authproxy_core::keys::{PublicKey, SigningKey, random_id};
+use authproxy_core::keys::{KeyError, PublicKey, SigningKey, random_id};
+use authproxy_core::proof;
 use authproxy_core::shared::Shared;
 use authproxy_core::token::{MintError, MintRequest, Minted, mint};
 
@@ -106,6 +107,13 @@ impl Sidecar {
             grant: Arc::new(grant),
         });
         self.lock_cache().clear();
+    }
+
+    /// Signs `nonce` with the current key, next to the grant binding it
+    /// (see [`authproxy_core::proof`]).
+    pub fn prove(&self, nonce: &str) -> Result<String, KeyError> {
+        let signer = self.signer.load();
+        proof::prove(&signer.key, &signer.grant, nonce)
     }
 
     /// Ready means: holds a grant valid now.

@@ -2,9 +2,12 @@
 //! probes and metrics.
 
 use authproxy_core::clock;
-use axum::extract::State;
+use authproxy_core::oauth::ErrorBody;
+use authproxy_core::proof::MAX_NONCE_BYTES;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
@@ -52,9 +55,33 @@ pub(crate) async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
-pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+/// `/readyz?nonce=N`: with a nonce, the answer carries a proof that this
+/// is the sidecar holding the key its grant binds (`authproxy health`).
+#[derive(Deserialize)]
+pub(crate) struct ReadyQuery {
+    nonce: Option<String>,
+}
+
+pub(crate) async fn readyz(
+    State(state): State<AppState>,
+    Query(query): Query<ReadyQuery>,
+) -> Response {
     if state.is_ready(clock::now()) {
-        axum::Json(json!({"status": "ready"})).into_response()
+        let proof = match query.nonce.as_deref() {
+            None => None,
+            Some(n) if n.is_empty() || n.len() > MAX_NONCE_BYTES => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(ErrorBody::new(
+                        "invalid_request",
+                        format!("nonce must be 1 to {MAX_NONCE_BYTES} bytes"),
+                    )),
+                )
+                    .into_response();
+            }
+            Some(n) => state.sidecar.prove(n).ok(),
+        };
+        axum::Json(json!({"status": "ready", "proof": proof})).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

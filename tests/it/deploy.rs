@@ -131,15 +131,46 @@ fn compose_services_match_the_binary() {
     }
     assert_eq!(sidecars, 2);
     assert!(Path::new("deploy/config/authproxy.toml").exists());
-    // The upstream reads the JWKS from a sidecar that listens beyond loopback.
-    let api = strs(&services[&Value::from("api")]["command"]);
-    let jwks = &api[api.iter().position(|a| a == "--jwks-url").unwrap() + 1];
-    assert_eq!(jwks, "http://web:8200/.well-known/jwks.json");
-    let web_env = &services[&Value::from("web-authproxy")]["environment"];
-    assert_eq!(
-        web_env["AUTHPROXY__SERVER__LISTEN"].as_str(),
-        Some("0.0.0.0:8200")
+    // Issue #11 item 2: the upstream's trust anchor is not fetched from a
+    // workload's network namespace. It reads a JWKS file made from the root
+    // key's public half by a one-shot `authproxy jwks`, through a volume it
+    // mounts read-only; no sidecar listens beyond loopback.
+    let api_svc = &services[&Value::from("api")];
+    let api = strs(&api_svc["command"]);
+    assert!(!api.iter().any(|a| a == "--jwks-url"), "{api:?}");
+    let jwks_file = &api[api.iter().position(|a| a == "--jwks-file").unwrap() + 1];
+    let (dir, _) = jwks_file.rsplit_once('/').unwrap();
+    let api_mounts = strs(&api_svc["volumes"]);
+    let ro = api_mounts
+        .iter()
+        .find(|m| m.ends_with(&format!(":{dir}:ro")))
+        .unwrap_or_else(|| panic!("api mounts {dir} read-only: {api_mounts:?}"));
+    let volume = ro.split(':').next().unwrap();
+    let (writer, svc) = services
+        .iter()
+        .find(|(_, svc)| strs(&svc["command"]).first().map(String::as_str) == Some("jwks"))
+        .expect("a one-shot `authproxy jwks` service");
+    let args = strs(&svc["command"]);
+    let config = &args[args.iter().position(|a| a == "--config").unwrap() + 1];
+    assert_eq!(config, CONFIG_PATH);
+    let out = &args[args.iter().position(|a| a == "--out").unwrap() + 1];
+    let (out_dir, _) = out.rsplit_once('/').unwrap();
+    assert!(
+        strs(&svc["volumes"]).contains(&format!("{volume}:{out_dir}")),
+        "{writer:?} writes {out} into the volume the api reads"
     );
+    assert_eq!(out.rsplit('/').next(), jwks_file.rsplit('/').next());
+    assert_eq!(
+        api_svc["depends_on"][writer]["condition"].as_str(),
+        Some("service_completed_successfully")
+    );
+    for (name, svc) in services {
+        let listen = svc["environment"]["AUTHPROXY__SERVER__LISTEN"].as_str();
+        assert!(
+            !listen.is_some_and(|l| l.contains("0.0.0.0") || l.contains("[::]")),
+            "{name:?} listens beyond loopback"
+        );
+    }
     let audience = &api[api.iter().position(|a| a == "--audience").unwrap() + 1];
     assert_eq!(audience, "http://api:8300");
 }

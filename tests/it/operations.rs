@@ -317,11 +317,13 @@ async fn shutdown_completes_with_idle_keep_alive_connections_open() {
     );
 }
 
-async fn health(url: &str) -> bool {
+async fn health(url: &str, config: &std::path::Path) -> bool {
     let url = url.to_owned();
+    let config = config.to_owned();
     tokio::task::spawn_blocking(move || {
         Command::new(BIN)
-            .args(["health", "--endpoint", &url])
+            .args(["health", "--endpoint", &url, "--config"])
+            .arg(config)
             .output()
             .unwrap()
             .status
@@ -336,10 +338,10 @@ async fn health_is_zero_when_ready_and_non_zero_when_down() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &Options::default());
     let mut d = Daemon::start(&cfg, "text", "info,authproxy=debug");
-    assert!(health(&d.url).await);
+    assert!(health(&d.url, &cfg).await);
     d.signal("-TERM");
     d.wait_exit(Duration::from_secs(10));
-    assert!(!health(&d.url).await);
+    assert!(!health(&d.url, &cfg).await);
 }
 
 #[tokio::test]

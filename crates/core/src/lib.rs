@@ -12,6 +12,7 @@
 //! - [`token`] — RFC 9068 access tokens minted under a grant.
 //! - [`verify`] — verification of a token and its grant; the [`verify::Principal`].
 //! - [`oauth`] — the one OAuth2 / RFC 6750 error body.
+//! - [`proof`] — a sidecar proving it holds its key (for `authproxy health`).
 //! - [`clock`] — the one place that reads the wall clock.
 //! - [`shared`] — a value read on every request and swapped rarely.
 //!
@@ -27,6 +28,7 @@ pub mod grant;
 mod jws;
 pub mod keys;
 pub mod oauth;
+pub mod proof;
 pub mod root_key;
 pub mod shared;
 pub mod token;

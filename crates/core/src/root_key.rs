@@ -76,6 +76,20 @@ pub fn load_or_create_root_key(state_dir: &Path) -> Result<SigningKey, RootKeyEr
     SigningKey::from_pkcs8_pem(&pem).map_err(|source| RootKeyError::BadKey { path, source })
 }
 
+/// The public half of the root key in `state_dir/root-key.pem`, without
+/// creating one (for checks that must not change the state, such as
+/// `authproxy health`).
+pub fn load_root_public_key(state_dir: &Path) -> Result<crate::keys::PublicKey, RootKeyError> {
+    let path = state_dir.join(ROOT_KEY_FILE);
+    let pem = fs::read(&path).map_err(|source| RootKeyError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    SigningKey::from_pkcs8_pem(&pem)
+        .map(|k| k.public().clone())
+        .map_err(|source| RootKeyError::BadKey { path, source })
+}
+
 /// Never readable by others, never writable by the group; readable by the
 /// group only when root owns the file (see the module doc).
 fn permissions_are_safe(mode: u32, owner: u32) -> bool {
