@@ -353,3 +353,60 @@ fn the_dockerfile_matches_the_binary() {
         assert!(copied.contains(&needed), "the build does not copy {needed}");
     }
 }
+
+/// Issue #11 item 14: the README is self-contained — no link leaves the
+/// repository, every snippet defines what it uses, and the config table
+/// names every key the config accepts.
+#[test]
+fn the_readme_stands_on_its_own() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    // Relative links resolve inside the repository.
+    for (i, _) in readme.match_indices("](") {
+        let target = readme[i + 2..].split(')').next().unwrap();
+        if target.starts_with("http") || target.starts_with('#') {
+            continue;
+        }
+        let path = target.split('#').next().unwrap();
+        assert!(
+            !path.starts_with(".."),
+            "link out of the repository: {target}"
+        );
+        assert!(Path::new(path).exists(), "dead link: {target}");
+    }
+    assert!(!readme.contains("../shared"), "the contract lives in docs/");
+    // Every code block that uses API defines it.
+    for block in readme.split("```").skip(1).step_by(2) {
+        let uses = block.contains("{API}") || block.contains("$API") || block.contains("${API}");
+        if uses {
+            assert!(
+                block.contains("API=") || block.contains("API = "),
+                "a snippet uses API without defining it:\n{block}"
+            );
+        }
+    }
+    // The config table names every key of every section.
+    let src = std::fs::read_to_string("src/config.rs").unwrap();
+    let mut keys = 0;
+    for part in src.split("struct Raw").skip(1) {
+        let (name, body) = part.split_once('{').unwrap();
+        let section = name.trim().to_lowercase();
+        if section.is_empty() {
+            continue; // the top-level `Raw`: its fields are the sections
+        }
+        let body = body.split('}').next().unwrap();
+        for line in body.lines() {
+            let Some((field, _)) = line.trim().split_once(':') else {
+                continue;
+            };
+            if field.starts_with("#") || field.starts_with("//") || field.contains(' ') {
+                continue;
+            }
+            keys += 1;
+            assert!(
+                readme.contains(&format!("`{section}.{field}`")),
+                "README's config table lacks `{section}.{field}`"
+            );
+        }
+    }
+    assert!(keys > 15, "found only {keys} config keys");
+}
