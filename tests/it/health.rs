@@ -60,3 +60,27 @@ async fn jwks_writes_the_root_public_keys_the_sidecar_trusts_and_no_secret() {
     assert_eq!(written, jwks_json(&s).await);
     assert!(written["keys"][0].get("d").is_none(), "no private part");
 }
+
+/// Issue #10: a bad configuration exits 64 under every verb that reads one.
+#[test]
+fn a_bad_config_exits_64_under_every_verb() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[tokens]\nttl = \"forever\"\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    for args in [
+        vec!["serve", "--config", bad],
+        vec!["check", "--config", bad],
+        vec!["health", "--config", bad],
+        vec!["jwks", "--config", bad],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_authproxy"))
+            .args(&args)
+            .env_remove("AUTHPROXY_CONFIG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("bad.toml"), "{args:?}: {err}");
+    }
+}
