@@ -86,7 +86,9 @@ pub fn router(services: Services, base_url: &str) -> Router {
     Router::new()
         .route(
             "/oauth2/token",
-            post(token::token).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+            post(token::token)
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+                .fallback(token::wrong_method),
         )
         .route("/.well-known/jwks.json", get(discovery::jwks))
         .route(

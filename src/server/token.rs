@@ -44,6 +44,9 @@ pub enum TokenError {
     /// a chunked token request.
     #[error("chunked token requests are not accepted; send Content-Length")]
     Framing,
+    /// Return `405 Method Not Allowed`, `invalid_request`, with `Allow: POST`.
+    #[error("the token endpoint accepts POST only")]
+    MethodNotAllowed,
     /// Return `429 Too Many Requests` with `Retry-After` (`server.rate_limit`).
     #[error("too many token requests; retry after {0} s")]
     RateLimited(u64),
@@ -68,6 +71,7 @@ impl TokenError {
             Self::AccessDenied(_) => (StatusCode::FORBIDDEN, "access_denied"),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
             Self::Framing => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
@@ -92,6 +96,10 @@ impl IntoResponse for TokenError {
             Self::RateLimited(secs) => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            Self::MethodNotAllowed => {
+                res.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
             }
             _ => {}
         }
@@ -127,6 +135,12 @@ pub(crate) async fn token(
         Ok((res, _)) => res,
         Err(e) => e.into_response(),
     }
+}
+
+/// Any method but POST on the token endpoint: the JSON error body every
+/// other refusal has, rather than axum's empty 405.
+pub(crate) async fn wrong_method() -> Response {
+    TokenError::MethodNotAllowed.into_response()
 }
 
 /// The token endpoint proper; returns the response and whether the token was reused.

@@ -13,25 +13,6 @@ fn addr(s: &TestSidecar) -> String {
     s.url.trim_start_matches("http://").to_owned()
 }
 
-/// Reads until EOF or `limit`; returns what arrived and whether the server closed.
-async fn read_all(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + limit;
-    loop {
-        match tokio::time::timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            stream.read(&mut buf),
-        )
-        .await
-        {
-            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
-        }
-    }
-}
-
 async fn fast_sidecar() -> TestSidecar {
     spawn_sidecar(Options {
         server_extra: "header_read_timeout = \"1s\"",

@@ -226,8 +226,10 @@ async fn a_body_that_is_not_a_form_is_an_invalid_request() {
     assert_eq!(body["error"], "invalid_request");
 }
 
+/// Issue #11, item 13: a wrong method gets the same JSON error body as
+/// every other refusal, and `Allow: POST`.
 #[tokio::test]
-async fn only_post_is_allowed() {
+async fn only_post_is_allowed_and_other_methods_get_a_json_405() {
     let s = spawn_sidecar(Options::default()).await;
     for m in [
         reqwest::Method::GET,
@@ -240,6 +242,17 @@ async fn only_post_is_allowed() {
             .await
             .unwrap();
         assert_eq!(res.status(), 405, "{m}");
+        assert_eq!(
+            res.headers().get("allow").map(|v| v.to_str().unwrap()),
+            Some("POST"),
+            "{m}"
+        );
+        let text = res.text().await.unwrap();
+        let body: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{m}: body {text:?} is not JSON: {e}"));
+        assert_eq!(body["error"], "invalid_request", "{m}");
+        let d = body["error_description"].as_str().unwrap();
+        assert!(d.contains("POST"), "{m}: {d}");
     }
 }
 

@@ -27,6 +27,9 @@ pub struct Options<'a> {
     pub sections: &'a str,
     /// Share a state dir (and so a root key) with another sidecar.
     pub state_dir: Option<PathBuf>,
+    /// The address the in-process sidecar binds (`url` uses 127.0.0.1
+    /// when it is a wildcard).
+    pub bind: &'a str,
 }
 
 impl Default for Options<'_> {
@@ -40,6 +43,7 @@ impl Default for Options<'_> {
             server_extra: "",
             sections: "",
             state_dir: None,
+            bind: "127.0.0.1:0",
         }
     }
 }
@@ -104,8 +108,13 @@ pub async fn spawn_sidecar(o: Options<'_>) -> TestSidecar {
     let config = Config::load_with_env(&config_path, Some(Default::default())).unwrap();
     let state_dir = config.trust.state_dir.clone();
     let daemon = Arc::new(SidecarDaemon::start(config, now()).await.unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let listener = tokio::net::TcpListener::bind(o.bind).await.unwrap();
+    let bound = listener.local_addr().unwrap();
+    let url = if bound.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", bound.port())
+    } else {
+        format!("http://{bound}")
+    };
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(Arc::clone(&daemon).run(listener, async move {
         let _ = rx.await;
@@ -264,6 +273,62 @@ pub async fn call(
         .map(|v| v.to_str().unwrap().to_owned());
     let body = res.json().await.unwrap_or(serde_json::Value::Null);
     (status, www, body)
+}
+
+/// The header `/api/*` requires (`proxy.require_header`).
+pub const REQUEST_HEADER: (&str, &str) = ("x-authproxy-request", "1");
+
+/// A client that sends [`REQUEST_HEADER`] on every request: what code
+/// using the forward proxy does.
+pub fn api_client() -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        REQUEST_HEADER.0,
+        reqwest::header::HeaderValue::from_static(REQUEST_HEADER.1),
+    );
+    reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
+/// As [`call`], through the forward proxy: sends [`REQUEST_HEADER`], no token.
+pub async fn call_api(method: reqwest::Method, url: &str) -> (u16, serde_json::Value) {
+    let res = api_client().request(method, url).send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Reads until EOF or `limit`; returns what arrived and whether the server closed.
+pub async fn read_all(stream: &mut tokio::net::TcpStream, limit: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+        }
+    }
+}
+
+/// Sends `request` as is on a new connection to `url`'s address and reads
+/// the answer for at most `limit`; returns it and whether the server closed.
+pub async fn raw_exchange(url: &str, request: &[u8], limit: Duration) -> (String, bool) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut c = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    c.write_all(request).await.unwrap();
+    read_all(&mut c, limit).await
 }
 
 /// A loopback address where nothing listens (bound, then released).
