@@ -8,6 +8,7 @@
 
 mod caller;
 mod discovery;
+mod guard;
 mod rate_limit;
 mod token;
 
@@ -102,6 +103,7 @@ pub fn router(services: Services, base_url: &str) -> Router {
         .route("/api/", any(proxy))
         .route("/api/{*rest}", any(proxy))
         .with_state(state)
+        .layer(axum::middleware::from_fn(guard::every_request))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(RandomRequestId))

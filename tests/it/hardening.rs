@@ -307,3 +307,33 @@ async fn stale_keys_keep_working_up_to_the_limit_then_fail_closed() {
         authproxy_core::verify::InvalidToken::KeysStale
     );
 }
+
+/// Issue #11, item 10(c): RFC 9112 §3.2 — a request with more than one
+/// `Host` is a 400, whichever the checks would have read.
+#[tokio::test]
+async fn two_host_headers_are_a_400_on_every_route() {
+    let s = spawn_sidecar(Options::default()).await;
+    let body = "grant_type=client_credentials";
+    for (first, second) in [
+        ("127.0.0.1", "evil.example"),
+        ("evil.example", "127.0.0.1"),
+        ("127.0.0.1", "127.0.0.1"),
+    ] {
+        let req = format!(
+            "POST /oauth2/token HTTP/1.1\r\nHost: {first}\r\nHost: {second}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (res, _) = raw(&s, req.as_bytes()).await;
+        assert!(res.starts_with("HTTP/1.1 400"), "{first}, {second}: {res}");
+        assert!(res.contains("invalid_request"), "{res}");
+        assert!(!res.contains("access_token"), "{res}");
+    }
+    let (res, _) = raw(
+        &s,
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+}
