@@ -183,7 +183,9 @@ struct RawServer {
     listen: Option<String>,
     allow_remote_peers: Option<bool>,
     header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
     max_connections: Option<u32>,
+    max_remote_connections: Option<u32>,
     shutdown_grace: Option<String>,
     rate_limit: Option<u32>,
 }
@@ -271,6 +273,11 @@ impl Config {
                 duration_in(t, Duration::from_secs(1), Duration::from_secs(10))
                     .map_err(|p| invalid("server.header_read_timeout", p))?;
         }
+        if let Some(t) = &raw.server.body_read_timeout {
+            limits.body_read_timeout =
+                duration_in(t, Duration::from_secs(1), Duration::from_secs(60))
+                    .map_err(|p| invalid("server.body_read_timeout", p))?;
+        }
         if let Some(n) = raw.server.max_connections {
             if n == 0 {
                 return Err(invalid(
@@ -279,6 +286,15 @@ impl Config {
                 ));
             }
             limits.max_connections = n as usize;
+        }
+        if let Some(n) = raw.server.max_remote_connections {
+            if n == 0 {
+                return Err(invalid(
+                    "server.max_remote_connections",
+                    "must be at least 1".into(),
+                ));
+            }
+            limits.max_remote_connections = n as usize;
         }
         if let Some(t) = &raw.server.shutdown_grace {
             limits.shutdown_grace = duration_in(t, Duration::ZERO, Duration::from_secs(300))
@@ -571,6 +587,30 @@ mod tests {
             let e = error_of(&format!("{MINIMAL}{extra}"), &[]);
             assert!(e.contains(key), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn body_timeout_and_remote_budget_are_validated() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.server.limits.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.limits.max_remote_connections, 16);
+        let c = load(
+            MINIMAL,
+            &[
+                ("AUTHPROXY__SERVER__BODY_READ_TIMEOUT", "2s"),
+                ("AUTHPROXY__SERVER__MAX_REMOTE_CONNECTIONS", "4"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.limits.body_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.server.limits.max_remote_connections, 4);
+        let e = error_of(MINIMAL, &[("AUTHPROXY__SERVER__BODY_READ_TIMEOUT", "0s")]);
+        assert!(e.contains("`server.body_read_timeout`"), "{e}");
+        let e = error_of(
+            MINIMAL,
+            &[("AUTHPROXY__SERVER__MAX_REMOTE_CONNECTIONS", "0")],
+        );
+        assert!(e.contains("`server.max_remote_connections`"), "{e}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use authproxy_core::clock;
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -60,6 +60,7 @@ struct AppState {
     caller: caller::CallerPolicy,
     limiter: Option<Arc<rate_limit::RateLimiter>>,
     max_ttl: u64,
+    body_read_timeout: std::time::Duration,
     workload_label: Arc<str>,
 }
 
@@ -76,6 +77,7 @@ pub fn router(services: Services, base_url: &str) -> Router {
             allow_remote_peers: config.server.allow_remote_peers,
         },
         max_ttl: config.tokens.ttl.as_secs(),
+        body_read_timeout: config.server.limits.body_read_timeout,
         workload_label: config.workload.id.to_string().into(),
         base_url: base_url.trim_end_matches('/').into(),
         config: services.config,
@@ -87,9 +89,7 @@ pub fn router(services: Services, base_url: &str) -> Router {
     Router::new()
         .route(
             "/oauth2/token",
-            post(token::token)
-                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-                .fallback(token::wrong_method),
+            post(token::token).fallback(token::wrong_method),
         )
         .route("/.well-known/jwks.json", get(discovery::jwks))
         .route(

@@ -337,3 +337,126 @@ async fn two_host_headers_are_a_400_on_every_route() {
     .await;
     assert!(res.starts_with("HTTP/1.1 400"), "{res}");
 }
+
+/// The head of a token request whose body never comes.
+fn bodiless_token_request(extra_headers: &str) -> String {
+    format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra_headers}\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+    )
+}
+
+/// Issue #11, item 3: a refused caller is answered on its request head and
+/// its connection closed — it cannot hold a slot by never sending the body
+/// it announced — and loopback callers keep getting tokens.
+#[tokio::test]
+async fn refused_callers_are_answered_before_their_body_and_free_their_slots() {
+    let s = spawn_sidecar(Options {
+        server_extra: "max_connections = 8",
+        ..Options::default()
+    })
+    .await;
+    let mut evil = Vec::new();
+    for _ in 0..8 {
+        let mut c = TcpStream::connect(addr(&s)).await.unwrap();
+        c.write_all(bodiless_token_request("Origin: http://evil.example\r\n").as_bytes())
+            .await
+            .unwrap();
+        evil.push(c);
+    }
+    let started = Instant::now();
+    for c in &mut evil {
+        let (res, closed) = read_all(c, Duration::from_secs(2)).await;
+        assert!(
+            res.starts_with("HTTP/1.1 403"),
+            "no answer without the body after {:?}: {res:?}",
+            started.elapsed()
+        );
+        assert!(res.contains("access_denied"), "{res}");
+        assert!(closed, "the refused connection stays open");
+    }
+    let res = tokio::time::timeout(
+        Duration::from_secs(2),
+        post_form(&s.token_url(), "grant_type=client_credentials").send(),
+    )
+    .await
+    .expect("a loopback caller waited for a slot")
+    .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// Issue #11, item 3: a body that never arrives times out
+/// (`server.body_read_timeout`) with 408 and a closed connection.
+#[tokio::test]
+async fn a_token_request_body_that_never_arrives_gets_408() {
+    let s = spawn_sidecar(Options {
+        server_extra: "body_read_timeout = \"1s\"",
+        ..Options::default()
+    })
+    .await;
+    let mut c = TcpStream::connect(addr(&s)).await.unwrap();
+    c.write_all(bodiless_token_request("").as_bytes())
+        .await
+        .unwrap();
+    c.write_all(b"grant_type=").await.unwrap();
+    let started = Instant::now();
+    let (res, closed) = read_all(&mut c, Duration::from_secs(4)).await;
+    assert!(res.starts_with("HTTP/1.1 408"), "{res:?}");
+    assert!(res.contains("invalid_request"), "{res}");
+    assert!(closed);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// This machine's address on its default route, if it has one that is not
+/// loopback (no packet is sent: a UDP "connect" only picks the route).
+fn non_loopback_ipv4() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9")
+        .or_else(|_| s.connect("8.8.8.8:53"))
+        .ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// Issue #11, item 3: peers that are not loopback have their own small
+/// connection budget (`server.max_remote_connections`, 16): beyond it they
+/// are closed at once, and they never take loopback callers' slots.
+#[tokio::test]
+async fn non_loopback_peers_cannot_exhaust_the_connection_slots() {
+    let Some(ip) = non_loopback_ipv4() else {
+        eprintln!(
+            "NOT RUN: this machine has no non-loopback IPv4 address; \
+             serve.rs unit tests cover the remote budget"
+        );
+        return;
+    };
+    let s = spawn_sidecar(Options {
+        bind: "0.0.0.0:0",
+        server_extra: "max_connections = 20",
+        ..Options::default()
+    })
+    .await;
+    let port = s.url.rsplit(':').next().unwrap().to_owned();
+    let remote = format!("{ip}:{port}");
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        conns.push(TcpStream::connect(&remote).await.unwrap());
+    }
+    // Loopback callers are still served at once.
+    let res = tokio::time::timeout(
+        Duration::from_secs(2),
+        post_form(&s.token_url(), "grant_type=client_credentials").send(),
+    )
+    .await
+    .expect("remote peers took every slot")
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    // Exactly 16 remote connections are served; the others were closed.
+    let mut closed = 0;
+    for c in &mut conns {
+        if read_all(c, Duration::from_millis(200)).await.1 {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 4, "remote connections beyond the budget");
+}
