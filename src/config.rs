@@ -73,6 +73,8 @@ pub struct ProxyConfig {
     pub upstream: reqwest::Url,
     /// How long to wait for the upstream's response headers (default 30 s).
     pub timeout: Duration,
+    /// Require `X-Authproxy-Request: 1` on `/api/*` (default on).
+    pub require_header: bool,
 }
 
 /// `[sink]`: keep a valid token in a file.
@@ -98,6 +100,9 @@ pub struct ServerConfig {
     pub limits: crate::serve::Limits,
     /// Token requests per second (and burst), if limited.
     pub rate_limit: Option<u32>,
+    /// Require `X-Authproxy-Request: 1` on the token endpoint too (default
+    /// off: stock OAuth2 clients cannot add it).
+    pub require_header: bool,
 }
 
 /// `[workload]`
@@ -168,6 +173,7 @@ struct Raw {
 struct RawProxy {
     upstream: Option<String>,
     timeout: Option<String>,
+    require_header: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -188,6 +194,7 @@ struct RawServer {
     max_remote_connections: Option<u32>,
     shutdown_grace: Option<String>,
     rate_limit: Option<u32>,
+    require_header: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -376,6 +383,7 @@ impl Config {
                 Some(ProxyConfig {
                     upstream: url,
                     timeout,
+                    require_header: p.require_header.unwrap_or(true),
                 })
             }
         };
@@ -420,6 +428,7 @@ impl Config {
                     }
                     r => r,
                 },
+                require_header: raw.server.require_header.unwrap_or(false),
             },
             workload: WorkloadConfig {
                 id,
@@ -566,6 +575,8 @@ mod tests {
         let p = c.proxy.unwrap();
         assert_eq!(p.upstream.as_str(), "http://127.0.0.1:8300/v1");
         assert_eq!(p.timeout, Duration::from_secs(30));
+        assert!(p.require_header);
+        assert!(!c.server.require_header);
         assert_eq!(c.sink.unwrap().mode, 0o640);
         for (extra, key) in [
             ("[proxy]\nupstream = \"ftp://x\"\n", "`proxy.upstream`"),

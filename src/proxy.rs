@@ -53,12 +53,18 @@ impl IntoResponse for ProxyError {
     }
 }
 
+/// The header a request to `/api/*` must carry, with the value `1`
+/// (`proxy.require_header`); it is addressed to the sidecar and not
+/// forwarded.
+pub const REQUEST_HEADER: HeaderName = HeaderName::from_static("x-authproxy-request");
+
 /// The forward proxy of one sidecar.
 #[derive(Debug)]
 pub struct Proxy {
     client: reqwest::Client,
     upstream: reqwest::Url,
     timeout: Duration,
+    require_header: bool,
 }
 
 /// RFC 9110 §7.6.1 hop-by-hop headers, plus the proxy-only ones.
@@ -109,7 +115,13 @@ impl Proxy {
             client,
             upstream: config.upstream.clone(),
             timeout: config.timeout,
+            require_header: config.require_header,
         })
+    }
+
+    /// Whether requests must carry [`REQUEST_HEADER`] (`proxy.require_header`).
+    pub fn requires_header(&self) -> bool {
+        self.require_header
     }
 
     /// The target URL for a request path under `/api` (and its query).
@@ -155,6 +167,7 @@ impl Proxy {
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         headers.remove(header::HOST);
+        headers.remove(REQUEST_HEADER);
         headers.remove(header::AUTHORIZATION);
         headers.insert(header::AUTHORIZATION, authorization);
 

@@ -50,6 +50,22 @@ impl CallerPolicy {
     }
 }
 
+/// `Err(why)` unless the request carries [`crate::proxy::REQUEST_HEADER`]
+/// with the value `1`. A page in a browser cannot add a custom header to a
+/// cross-origin request without a CORS preflight (which the sidecar never
+/// approves), and a server-side request forgery that only controls a URL
+/// cannot add one at all — the reason cloud metadata servers require
+/// `Metadata-Flavor`.
+pub(crate) fn require_request_header(headers: &HeaderMap, route: &str) -> Result<(), String> {
+    let mut values = headers.get_all(crate::proxy::REQUEST_HEADER).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) if v.as_bytes() == b"1" => Ok(()),
+        _ => Err(format!(
+            "requests to {route} must carry the header `X-Authproxy-Request: 1`"
+        )),
+    }
+}
+
 /// `127.0.0.1[:port]` (any 127/8), `localhost[:port]`, `[::1][:port]`.
 pub(crate) fn is_loopback_host(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {

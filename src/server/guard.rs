@@ -1,5 +1,6 @@
 //! Checks every request passes before any route sees it: things that are
-//! wrong whatever the path, so no route can forget them.
+//! wrong whatever the path, so no route can forget them — a second `Host`,
+//! and browsers' cross-site requests ([`super::fetch_metadata`]).
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, header};
@@ -26,7 +27,7 @@ fn check(headers: &HeaderMap) -> Result<(), TokenError> {
             "more than one Host header".into(),
         ));
     }
-    Ok(())
+    super::fetch_metadata::check(headers).map_err(|why| TokenError::AccessDenied(why.into()))
 }
 
 #[cfg(test)]

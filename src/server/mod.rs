@@ -8,6 +8,7 @@
 
 mod caller;
 mod discovery;
+mod fetch_metadata;
 mod guard;
 mod rate_limit;
 mod token;
@@ -58,6 +59,7 @@ struct AppState {
     metrics: Arc<SidecarMetrics>,
     base_url: Arc<str>,
     caller: caller::CallerPolicy,
+    token_requires_header: bool,
     limiter: Option<Arc<rate_limit::RateLimiter>>,
     max_ttl: u64,
     body_read_timeout: std::time::Duration,
@@ -76,6 +78,7 @@ pub fn router(services: Services, base_url: &str) -> Router {
         caller: caller::CallerPolicy {
             allow_remote_peers: config.server.allow_remote_peers,
         },
+        token_requires_header: config.server.require_header,
         max_ttl: config.tokens.ttl.as_secs(),
         body_read_timeout: config.server.limits.body_read_timeout,
         workload_label: config.workload.id.to_string().into(),
@@ -161,6 +164,11 @@ async fn proxy(
     let Some(p) = &state.proxy else {
         return ProxyError::NotConfigured.into_response();
     };
+    if p.requires_header() {
+        if let Err(why) = caller::require_request_header(req.headers(), "/api") {
+            return TokenError::AccessDenied(why).into_response();
+        }
+    }
     let started = std::time::Instant::now();
     let forwarded = match bearer_header(&state) {
         Ok(authorization) => p.forward(authorization, req).await,

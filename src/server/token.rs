@@ -163,6 +163,10 @@ async fn token_inner(
         .caller
         .check(peer, headers)
         .map_err(TokenError::AccessDenied)?;
+    if state.token_requires_header {
+        super::caller::require_request_header(headers, "the token endpoint")
+            .map_err(TokenError::AccessDenied)?;
+    }
     if let Some(limiter) = &state.limiter {
         limiter
             .check(std::time::Instant::now())

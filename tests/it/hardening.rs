@@ -178,7 +178,7 @@ async fn a_non_loopback_host_header_gets_no_token_and_no_proxy() {
         assert_eq!(res.status(), 403, "{host}");
         let body: serde_json::Value = res.json().await.unwrap();
         assert_eq!(body["error"], "access_denied");
-        let res = client()
+        let res = api_client()
             .get(format!("{}/api/x", s.url))
             .header("host", &host)
             .send()

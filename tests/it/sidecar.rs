@@ -483,3 +483,29 @@ async fn a_remote_peer_gets_no_token_unless_configured() {
         authproxy::server::router(open.daemon.services(), &open.url).layer(MockConnectInfo(remote));
     assert_eq!(app.oneshot(req()).await.unwrap().status(), 200);
 }
+
+/// Issue #11, item 4: `server.require_header = true` (opt-in) makes the
+/// token endpoint require `X-Authproxy-Request: 1` too.
+#[tokio::test]
+async fn the_token_endpoint_requires_the_request_header_when_configured() {
+    let s = spawn_sidecar(Options {
+        server_extra: "require_header = true",
+        ..Options::default()
+    })
+    .await;
+    let res = post_form(&s.token_url(), "grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "access_denied");
+    let d = body["error_description"].as_str().unwrap();
+    assert!(d.contains("X-Authproxy-Request: 1"), "{d}");
+    let res = post_form(&s.token_url(), "grant_type=client_credentials")
+        .header(REQUEST_HEADER.0, REQUEST_HEADER.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}

@@ -261,7 +261,16 @@ pub async fn call(
     url: &str,
     token: Option<&str>,
 ) -> (u16, Option<String>, serde_json::Value) {
-    let mut r = client().request(method, url);
+    call_with(client(), method, url, token).await
+}
+
+async fn call_with(
+    client: reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+) -> (u16, Option<String>, serde_json::Value) {
+    let mut r = client.request(method, url);
     if let Some(t) = token {
         r = r.bearer_auth(t);
     }
@@ -294,10 +303,11 @@ pub fn api_client() -> reqwest::Client {
 }
 
 /// As [`call`], through the forward proxy: sends [`REQUEST_HEADER`], no token.
-pub async fn call_api(method: reqwest::Method, url: &str) -> (u16, serde_json::Value) {
-    let res = api_client().request(method, url).send().await.unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(serde_json::Value::Null))
+pub async fn call_api(
+    method: reqwest::Method,
+    url: &str,
+) -> (u16, Option<String>, serde_json::Value) {
+    call_with(api_client(), method, url, None).await
 }
 
 /// Reads until EOF or `limit`; returns what arrived and whether the server closed.
