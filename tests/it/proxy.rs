@@ -478,3 +478,54 @@ async fn the_proxy_requires_the_request_header() {
         .unwrap();
     assert_eq!(res.status(), 200);
 }
+
+/// Issue #11, item 7: dot segments — plain, percent-encoded, mixed — and
+/// backslashes cannot take the token out of the upstream's base path.
+/// Raw requests: an HTTP client would resolve the dots itself.
+#[tokio::test]
+async fn dot_segments_and_backslashes_cannot_leave_the_upstream_base_path() {
+    let (up, seen, _stop) = echo_upstream().await;
+    let s = proxied_sidecar(&format!("{up}/base"), "").await;
+    let host = s.url.trim_start_matches("http://").to_owned();
+    let get = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nX-Authproxy-Request: 1\r\nConnection: close\r\n\r\n"
+        )
+    };
+    for path in [
+        "/api/../admin",
+        "/api/%2e%2e/admin",
+        "/api/.%2e/admin",
+        "/api/%2E./admin",
+        "/api/..%5cadmin",
+        "/api/..%5Cadmin",
+        "/api/..\\admin",
+        "/api/a/%2E%2E/%2e%2e/admin",
+        "/api/a/b/../../../admin",
+        "/api/a%2f..%2f..%2fadmin",
+        "/api/..",
+        "/api/%2e%2e",
+        "/api/..?x=1",
+    ] {
+        let (res, _) = raw_exchange(&s.url, get(path).as_bytes(), Duration::from_secs(5)).await;
+        assert!(res.starts_with("HTTP/1.1 400"), "{path}: {res}");
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "{path} reached the upstream: {:?}",
+            seen.lock().unwrap()
+        );
+    }
+    // Inside the base path, paths still work; dots are resolved first.
+    for (path, upstream_path) in [
+        ("/api/a/b", "/base/a/b"),
+        ("/api/a/./b/", "/base/a/b/"),
+        ("/api/a/../b", "/base/b"),
+        ("/api/a/%2e%2e/b", "/base/b"),
+        ("/api", "/base"),
+    ] {
+        let (res, _) = raw_exchange(&s.url, get(path).as_bytes(), Duration::from_secs(5)).await;
+        assert!(res.starts_with("HTTP/1.1 200"), "{path}: {res}");
+        let seen = seen.lock().unwrap().pop().unwrap();
+        assert_eq!(seen["path"], upstream_path, "{path}");
+    }
+}
