@@ -73,6 +73,9 @@ pub struct ProxyConfig {
     pub upstream: reqwest::Url,
     /// How long to wait for the upstream's response headers (default 30 s).
     pub timeout: Duration,
+    /// How long a response body may go without sending anything before
+    /// the client's connection is cut (default 30 s).
+    pub idle_timeout: Duration,
     /// Require `X-Authproxy-Request: 1` on `/api/*` (default on).
     pub require_header: bool,
 }
@@ -173,6 +176,7 @@ struct Raw {
 struct RawProxy {
     upstream: Option<String>,
     timeout: Option<String>,
+    idle_timeout: Option<String>,
     require_header: Option<bool>,
 }
 
@@ -380,9 +384,16 @@ impl Config {
                     Duration::from_secs(3600),
                 )
                 .map_err(|e| invalid("proxy.timeout", e))?;
+                let idle_timeout = duration_in(
+                    p.idle_timeout.as_deref().unwrap_or("30s"),
+                    Duration::from_secs(1),
+                    Duration::from_secs(3600),
+                )
+                .map_err(|e| invalid("proxy.idle_timeout", e))?;
                 Some(ProxyConfig {
                     upstream: url,
                     timeout,
+                    idle_timeout,
                     require_header: p.require_header.unwrap_or(true),
                 })
             }
@@ -576,6 +587,7 @@ mod tests {
         assert_eq!(p.upstream.as_str(), "http://127.0.0.1:8300/v1");
         assert_eq!(p.timeout, Duration::from_secs(30));
         assert!(p.require_header);
+        assert_eq!(p.idle_timeout, Duration::from_secs(30));
         assert!(!c.server.require_header);
         assert_eq!(c.sink.unwrap().mode, 0o640);
         for (extra, key) in [
@@ -588,6 +600,10 @@ mod tests {
             (
                 "[proxy]\nupstream = \"http://x\"\ntimeout = \"0s\"\n",
                 "`proxy.timeout`",
+            ),
+            (
+                "[proxy]\nupstream = \"http://x\"\nidle_timeout = \"2h\"\n",
+                "`proxy.idle_timeout`",
             ),
             (
                 "[sink]\npath = \"/tmp/t\"\nmode = \"0644\"\n",

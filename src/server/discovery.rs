@@ -1,19 +1,35 @@
 //! What the sidecar tells about itself: the root JWKS, RFC 8414 metadata,
 //! probes and metrics.
+//!
+//! The metadata (it lists the workload's scopes) and the metrics (token and
+//! proxy activity) are for the container's own code: they pass the same
+//! caller policy as the token endpoint. The JWKS stays open — public keys,
+//! which an upstream in another container reads (`deploy/compose.yaml`) —
+//! and so do the probes, which say only "up"/"ready" and which
+//! orchestrators may call from outside the container.
+
+use std::net::SocketAddr;
 
 use authproxy_core::clock;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::AppState;
+use super::{AppState, TokenError};
 
 pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
     axum::Json(state.source.jwks()).into_response()
 }
 
-pub(crate) async fn metadata(State(state): State<AppState>) -> Response {
+pub(crate) async fn metadata(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(why) = state.caller.check(peer, &headers) {
+        return TokenError::AccessDenied(why).into_response();
+    }
     let base = &state.base_url;
     let scopes: Vec<String> = state
         .sidecar
@@ -33,7 +49,14 @@ pub(crate) async fn metadata(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(why) = state.caller.check(peer, &headers) {
+        return TokenError::AccessDenied(why).into_response();
+    }
     let m = &state.metrics;
     let exp = state.sidecar.grant().claims().exp;
     let left = i64::try_from(exp).unwrap_or(i64::MAX) - i64::try_from(clock::now()).unwrap_or(0);

@@ -194,8 +194,15 @@ async fn proxy(
 /// `Bearer <token>` for the proxy: the workload's whole ceiling, reused.
 fn bearer_header(state: &AppState) -> Result<HeaderValue, ProxyError> {
     let sidecar = &state.sidecar;
+    let ceiling = sidecar.ceiling();
+    // An empty-scope token is no credential: refuse as the token endpoint does.
+    if ceiling.is_empty() {
+        return Err(ProxyError::NoAuthorizations(
+            state.workload_label.to_string(),
+        ));
+    }
     let issued = sidecar
-        .issue_reusing(&sidecar.ceiling(), state.max_ttl, clock::now())
+        .issue_reusing(&ceiling, state.max_ttl, clock::now())
         .map_err(ProxyError::NoToken)?;
     // A compact JWS is base64url and dots: always a valid header value.
     let mut value = HeaderValue::from_str(&format!("Bearer {}", issued.minted.token))

@@ -460,3 +460,62 @@ async fn non_loopback_peers_cannot_exhaust_the_connection_slots() {
     }
     assert_eq!(closed, 4, "remote connections beyond the budget");
 }
+
+/// Issue #11, item 10(a): the discovery metadata and the metrics are for
+/// the container's own code, like tokens: not for other machines, not for a
+/// page that rebound a name to 127.0.0.1. The JWKS (public keys an upstream
+/// in another container reads) and the probes (no information, used by
+/// orchestrators from outside) stay open.
+#[tokio::test]
+async fn metadata_and_metrics_are_for_local_callers_only() {
+    use axum::extract::connect_info::MockConnectInfo;
+    use tower::ServiceExt as _;
+    let s = spawn_sidecar(Options::default()).await;
+    let guarded = ["/.well-known/oauth-authorization-server", "/metrics"];
+    let open = ["/.well-known/jwks.json", "/healthz", "/readyz"];
+    for path in guarded {
+        for (h, v) in [("host", "evil.example"), ("origin", "https://evil.example")] {
+            let res = client()
+                .get(format!("{}{path}", s.url))
+                .header(h, v)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 403, "{path} with {h}");
+            let body: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(body["error"], "access_denied");
+        }
+        let ok = client()
+            .get(format!("{}{path}", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200, "{path}");
+    }
+    for path in open {
+        let res = client()
+            .get(format!("{}{path}", s.url))
+            .header("host", "evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    // Another machine.
+    let remote: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let app = authproxy::server::router(s.daemon.services(), &s.url).layer(MockConnectInfo(remote));
+    let get = |path: &str| {
+        axum::http::Request::get(path)
+            .header("host", "127.0.0.1")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    for path in guarded {
+        let res = app.clone().oneshot(get(path)).await.unwrap();
+        assert_eq!(res.status(), 403, "remote {path}");
+    }
+    for path in open {
+        let res = app.clone().oneshot(get(path)).await.unwrap();
+        assert_eq!(res.status(), 200, "remote {path}");
+    }
+}

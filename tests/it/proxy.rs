@@ -529,3 +529,57 @@ async fn dot_segments_and_backslashes_cannot_leave_the_upstream_base_path() {
         assert_eq!(seen["path"], upstream_path, "{path}");
     }
 }
+
+/// Issue #11, item 10(b): like the token endpoint (400 invalid_scope), the
+/// proxy attaches no empty-scope token: a workload without authorizations
+/// gets a 403 JSON error and the upstream is not contacted.
+#[tokio::test]
+async fn a_workload_without_authorizations_gets_no_proxied_request() {
+    let (up, seen, _stop) = echo_upstream().await;
+    let s = spawn_sidecar(Options {
+        workload: "worker/web/mailer",
+        sections: proxy_to(&up),
+        ..Options::default()
+    })
+    .await;
+    let (st, _, body) = call_api(reqwest::Method::GET, &format!("{}/api/x", s.url)).await;
+    assert_eq!(st, 403, "{body}");
+    assert_eq!(body["error"], "access_denied");
+    let d = body["error_description"].as_str().unwrap();
+    assert!(
+        d.contains("worker/web/mailer declares no authorizations"),
+        "{d}"
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
+
+/// Issue #11, item 10(d): an upstream that stops sending in the middle of a
+/// body gets the client's connection cut after `proxy.idle_timeout`.
+#[tokio::test]
+async fn a_stalled_upstream_body_is_cut_after_the_idle_timeout() {
+    let stalling = Router::new().fallback(|| async {
+        let first = futures_util::stream::once(async {
+            Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"first chunk"))
+        });
+        Body::from_stream(first.chain(futures_util::stream::pending()))
+    });
+    let (up, _stop) = serve(stalling).await;
+    let s = proxied_sidecar(&up, "idle_timeout = \"1s\"\n").await;
+    let mut res = api_client()
+        .get(format!("{}/api/stall", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(&res.chunk().await.unwrap().unwrap()[..], b"first chunk");
+    let started = std::time::Instant::now();
+    let rest = tokio::time::timeout(Duration::from_secs(5), res.chunk())
+        .await
+        .expect("the stalled body was never cut");
+    assert!(rest.is_err(), "the body ended as if complete: {rest:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
