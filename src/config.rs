@@ -20,6 +20,9 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(MAX_TOKEN_LIFETIME);
 pub const MIN_GRANT_TTL: Duration = Duration::from_secs(60);
 /// Longest grant lifetime a config may set.
 pub const MAX_GRANT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// `server.listen` when not configured: both loopback addresses (DESIGN §4),
+/// so clients that resolve `localhost` to `::1` first also connect.
+pub const DEFAULT_LISTEN: [&str; 2] = ["127.0.0.1:8200", "[::1]:8200"];
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +97,12 @@ pub struct SinkConfig {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// Address to bind; loopback by default.
-    pub listen: SocketAddr,
+    /// Addresses to bind, at least one; by default [`DEFAULT_LISTEN`].
+    pub listen: Vec<SocketAddr>,
+    /// `listen` is the default, not configured: an IPv6 address in it that
+    /// this machine cannot bind (no IPv6) is skipped with a warning. A
+    /// configured address that cannot be bound is an error.
+    pub listen_is_default: bool,
     /// Answer token requests from non-loopback peers. Off by default: the
     /// sidecar serves the code in its own container only.
     pub allow_remote_peers: bool,
@@ -190,7 +197,7 @@ struct RawSink {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
-    listen: Option<String>,
+    listen: Option<RawListen>,
     allow_remote_peers: Option<bool>,
     header_read_timeout: Option<String>,
     body_read_timeout: Option<String>,
@@ -199,6 +206,15 @@ struct RawServer {
     shutdown_grace: Option<String>,
     rate_limit: Option<u32>,
     require_header: Option<bool>,
+}
+
+/// `listen = "ADDR"` or `listen = ["ADDR", …]` (from the environment:
+/// `ADDR,ADDR`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawListen {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize, Default)]
@@ -249,6 +265,9 @@ impl Config {
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
+            // DESIGN §6: list values are comma-separated in the environment.
+            .list_separator(",")
+            .with_list_parse_key("server.listen")
             .source(env);
         let raw: Raw = ::config::Config::builder()
             .add_source(::config::File::from(file).format(::config::FileFormat::Toml))
@@ -270,13 +289,33 @@ impl Config {
                 .ok_or_else(|| invalid(key, "is required".into()))
         };
 
-        let listen = raw.server.listen.unwrap_or_else(|| "127.0.0.1:8200".into());
-        let listen: SocketAddr = listen.parse().map_err(|_| {
-            invalid(
+        let listen_is_default = raw.server.listen.is_none();
+        let listen_text = match raw.server.listen {
+            None => DEFAULT_LISTEN.iter().map(|a| (*a).to_owned()).collect(),
+            Some(RawListen::One(a)) => vec![a],
+            Some(RawListen::Many(list)) => list,
+        };
+        if listen_text.is_empty() {
+            return Err(invalid(
                 "server.listen",
-                format!("`{listen}` is not an IP:PORT socket address"),
-            )
-        })?;
+                "must name at least one address".into(),
+            ));
+        }
+        let mut listen: Vec<SocketAddr> = Vec::with_capacity(listen_text.len());
+        for a in &listen_text {
+            let addr: SocketAddr = a.trim().parse().map_err(|_| {
+                invalid(
+                    "server.listen",
+                    format!(
+                        "`{a}` is not an IP:PORT socket address (IPv6 in brackets: [::1]:8200)"
+                    ),
+                )
+            })?;
+            if listen.contains(&addr) {
+                return Err(invalid("server.listen", format!("lists {addr} twice")));
+            }
+            listen.push(addr);
+        }
 
         let mut limits = crate::serve::Limits::default();
         if let Some(t) = &raw.server.header_read_timeout {
@@ -428,6 +467,7 @@ impl Config {
             file: file.to_owned(),
             server: ServerConfig {
                 listen,
+                listen_is_default,
                 allow_remote_peers: raw.server.allow_remote_peers.unwrap_or(false),
                 limits,
                 rate_limit: match raw.server.rate_limit {
@@ -512,7 +552,14 @@ mod tests {
     #[test]
     fn defaults_fill_what_is_not_set() {
         let c = load(MINIMAL, &[]).unwrap();
-        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8200");
+        assert_eq!(
+            c.server.listen,
+            [
+                "127.0.0.1:8200".parse().unwrap(),
+                "[::1]:8200".parse().unwrap()
+            ] as [SocketAddr; 2]
+        );
+        assert!(c.server.listen_is_default);
         assert!(!c.server.allow_remote_peers);
         assert_eq!(c.tokens.ttl, Duration::from_secs(300));
         assert!(c.tokens.reuse);
@@ -614,6 +661,66 @@ mod tests {
             let e = error_of(&format!("{MINIMAL}{extra}"), &[]);
             assert!(e.contains(key), "{extra}: {e}");
         }
+    }
+
+    /// Issue #11, item 11: a string or a list in the file.
+    #[test]
+    fn listen_is_an_address_or_a_list_of_them() {
+        let with = |listen: &str| format!("[server]\nlisten = {listen}\n{MINIMAL}");
+        let c = load(&with("\"127.0.0.1:9000\""), &[]).unwrap();
+        assert_eq!(
+            c.server.listen,
+            ["127.0.0.1:9000".parse().unwrap()] as [SocketAddr; 1]
+        );
+        assert!(!c.server.listen_is_default);
+        let c = load(&with("[\"127.0.0.1:9000\", \"[::1]:9000\"]"), &[]).unwrap();
+        assert_eq!(
+            c.server.listen,
+            [
+                "127.0.0.1:9000".parse().unwrap(),
+                "[::1]:9000".parse().unwrap()
+            ] as [SocketAddr; 2]
+        );
+        for (bad, problem) in [
+            ("[]", "at least one"),
+            (
+                "[\"127.0.0.1:9000\", \"::1:9000\"]",
+                "`::1:9000` is not an IP:PORT",
+            ),
+            ("[\"127.0.0.1:9000\", \"127.0.0.1:9000\"]", "twice"),
+        ] {
+            let e = error_of(&with(bad), &[]);
+            assert!(
+                e.contains("`server.listen`") && e.contains(problem),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    /// Issue #11, item 11: DESIGN §6, a comma-separated list in the environment.
+    #[test]
+    fn listen_from_the_environment_is_comma_separated() {
+        let c = load(
+            MINIMAL,
+            &[("AUTHPROXY__SERVER__LISTEN", "127.0.0.1:8200,[::1]:8200")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.listen,
+            [
+                "127.0.0.1:8200".parse().unwrap(),
+                "[::1]:8200".parse().unwrap()
+            ] as [SocketAddr; 2]
+        );
+        assert!(!c.server.listen_is_default);
+        let c = load(MINIMAL, &[("AUTHPROXY__SERVER__LISTEN", "0.0.0.0:8200")]).unwrap();
+        assert_eq!(
+            c.server.listen,
+            ["0.0.0.0:8200".parse().unwrap()] as [SocketAddr; 1]
+        );
+        // Other values are not split on commas.
+        let c = load(MINIMAL, &[("AUTHPROXY__TOKENS__AUDIENCE", "a,b")]).unwrap();
+        assert_eq!(c.tokens.audience, "a,b");
     }
 
     #[test]

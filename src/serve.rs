@@ -1,4 +1,5 @@
-//! Serving a router on a listener with the limits `axum::serve` lacks
+//! Binding the configured addresses, and serving a router on all of their
+//! listeners with the limits `axum::serve` lacks
 //! (DESIGN §10): a header-read timeout (a slowloris client is cut off, and
 //! idle keep-alive connections too, since hyper runs the same timer while a
 //! connection waits for its next request), a header-size cap (431), a cap on
@@ -10,6 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
@@ -53,12 +55,61 @@ impl Default for Limits {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes; then stops
+/// An address of `server.listen` that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds every address of `addrs`. When the list is the built-in default
+/// (`is_default`), an IPv6 address this machine cannot bind — no IPv6, no
+/// `::1` — is skipped with a warning, as long as another address is bound;
+/// an address in use or forbidden is still an error (another process on
+/// `[::1]:8200` would answer the clients that resolve `localhost` to it).
+/// Any address configured explicitly must bind.
+pub async fn bind_all(
+    addrs: &[SocketAddr],
+    is_default: bool,
+) -> Result<Vec<tokio::net::TcpListener>, BindError> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    let mut skipped = None;
+    for &addr in addrs {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => listeners.push(l),
+            Err(source) if is_default && addr.is_ipv6() && !is_conflict(&source) => {
+                tracing::warn!(listen = %addr, error = %source, "IPv6 unavailable; not listening on this default address");
+                skipped = Some(BindError { addr, source });
+            }
+            Err(source) => return Err(BindError { addr, source }),
+        }
+    }
+    match skipped {
+        Some(e) if listeners.is_empty() => Err(e),
+        _ => Ok(listeners),
+    }
+}
+
+/// An error that means something else holds the address, not that the
+/// machine lacks the address family.
+fn is_conflict(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+    )
+}
+
+/// Serves `app` on every listener until `shutdown` completes; then stops
 /// accepting, lets in-flight requests finish (idle keep-alive connections
 /// close at once) and returns after at most `limits.shutdown_grace`.
-/// Handlers can extract `ConnectInfo<SocketAddr>`.
+/// Handlers can extract `ConnectInfo<SocketAddr>`. The connection limits
+/// are shared by all listeners.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listeners: Vec<tokio::net::TcpListener>,
     app: Router,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -72,6 +123,7 @@ pub async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let remote_slots = Arc::new(tokio::sync::Semaphore::new(limits.max_remote_connections));
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut next_listener = 0;
 
     loop {
         // At the cap, stop accepting: new clients wait in the kernel backlog
@@ -84,7 +136,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept_any(&listeners, &mut next_listener) => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -123,7 +175,7 @@ pub async fn serve(
             drop(permit);
         });
     }
-    drop(listener);
+    drop(listeners);
     let open = graceful.count();
     tokio::select! {
         () = graceful.shutdown() => tracing::debug!(connections = open, "drained"),
@@ -134,9 +186,31 @@ pub async fn serve(
     Ok(())
 }
 
-/// Whether `ip` is a loopback peer: the code in this container.
+/// The next connection on any of `listeners`, taking them in turn so that
+/// none starves the others.
+async fn accept_any(
+    listeners: &[tokio::net::TcpListener],
+    next: &mut usize,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        let n = listeners.len();
+        for i in 0..n {
+            let at = (*next + i) % n;
+            if let Poll::Ready(accepted) = listeners[at].poll_accept(cx) {
+                *next = at + 1;
+                return Poll::Ready(accepted);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Whether `ip` is a loopback peer: the code in this container. An
+/// IPv4-mapped loopback address (`::ffff:127.0.0.1`, what an IPv4 client
+/// looks like to a socket bound to `[::]`) is one.
 pub fn is_loopback_peer(ip: IpAddr) -> bool {
-    ip.is_loopback()
+    ip.to_canonical().is_loopback()
 }
 
 /// A loopback peer needs no remote slot (`Ok(None)`); another peer takes
@@ -162,10 +236,34 @@ mod tests {
         let a = admit(remote, &slots).unwrap();
         let _b = admit(remote, &slots).unwrap();
         assert!(admit(remote, &slots).is_err(), "beyond the budget");
-        for local in ["127.0.0.1", "127.1.2.3", "::1"] {
+        for local in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
             assert!(admit(local.parse().unwrap(), &slots).unwrap().is_none());
         }
         drop(a);
         assert!(admit(remote, &slots).unwrap().is_some());
+    }
+
+    /// Issue #11, item 11: in the default list an IPv6 address the machine
+    /// cannot bind is skipped; configured explicitly, it is an error.
+    #[tokio::test]
+    async fn an_unbindable_ipv6_address_is_skipped_only_in_the_default_list() {
+        // 2001:db8::/32 is for documentation: never assigned to this machine.
+        let addrs: [SocketAddr; 2] = [
+            "127.0.0.1:0".parse().unwrap(),
+            "[2001:db8::1]:0".parse().unwrap(),
+        ];
+        let bound = bind_all(&addrs, true).await.unwrap();
+        assert_eq!(bound.len(), 1);
+        assert!(bound[0].local_addr().unwrap().ip().is_loopback());
+        let e = bind_all(&addrs, false).await.unwrap_err();
+        assert_eq!(e.addr, addrs[1]);
+        // Nothing bound at all is an error even in the default list.
+        assert!(bind_all(&addrs[1..], true).await.is_err());
+        // An address in use is a conflict, never skipped.
+        let taken = std::net::TcpListener::bind("[::1]:0");
+        if let Ok(taken) = taken {
+            let addrs = ["127.0.0.1:0".parse().unwrap(), taken.local_addr().unwrap()];
+            assert!(bind_all(&addrs, true).await.is_err());
+        }
     }
 }

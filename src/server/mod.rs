@@ -1,8 +1,8 @@
 //! The sidecar's HTTP surface (DESIGN §4): the token endpoint, the forward
 //! proxy, discovery documents, probes and metrics.
 //!
-//! [`serve`] takes an already bound listener and any shutdown future, so
-//! tests bind `127.0.0.1:0` and the binary binds the configured address.
+//! [`serve`] takes already bound listeners and any shutdown future, so
+//! tests bind `127.0.0.1:0` and the binary binds the configured addresses.
 //! Background work (renewal, the token file, reload) belongs to
 //! [`crate::daemon`], not here.
 
@@ -115,18 +115,26 @@ pub fn router(services: Services, base_url: &str) -> Router {
         )
 }
 
-/// Serves the sidecar's routes on `listener` until `shutdown` completes,
-/// then drains in-flight requests.
+/// Serves the sidecar's routes on every listener until `shutdown`
+/// completes, then drains in-flight requests.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listeners: Vec<tokio::net::TcpListener>,
     services: Services,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
+    let mut addrs = Vec::with_capacity(listeners.len());
+    for l in &listeners {
+        addrs.push(l.local_addr()?);
+    }
+    let Some(first) = addrs.first() else {
+        return Err(std::io::Error::other("no listener to serve on"));
+    };
     let limits = services.config.server.limits;
-    let app = router(services, &format!("http://{addr}"));
-    tracing::info!(listen = %addr, "authproxy sidecar listening");
-    crate::serve::serve(listener, app, limits, shutdown).await
+    let app = router(services, &format!("http://{first}"));
+    for addr in &addrs {
+        tracing::info!(listen = %addr, "authproxy sidecar listening");
+    }
+    crate::serve::serve(listeners, app, limits, shutdown).await
 }
 
 /// One span per request, carrying its id (never headers: they may hold

@@ -19,6 +19,7 @@ mod declarations;
 mod deploy;
 mod e2e;
 mod hardening;
+mod listen;
 mod operations;
 mod proxy;
 mod sidecar;

@@ -116,7 +116,7 @@ pub async fn spawn_sidecar(o: Options<'_>) -> TestSidecar {
         format!("http://{bound}")
     };
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(Arc::clone(&daemon).run(listener, async move {
+    tokio::spawn(Arc::clone(&daemon).run(vec![listener], async move {
         let _ = rx.await;
     }));
     TestSidecar {
@@ -386,6 +386,12 @@ impl Drop for Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, format: &str, rust_log: &str) -> Self {
+        Self::start_with(config, format, rust_log, &[])
+    }
+
+    /// As [`Daemon::start`], with extra environment (which may override the
+    /// listen address; `url` is then the first address it logs).
+    pub fn start_with(config: &Path, format: &str, rust_log: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_authproxy"))
             .args([
                 "serve",
@@ -397,6 +403,7 @@ impl Daemon {
             .env("AUTHPROXY__SERVER__LISTEN", "127.0.0.1:0")
             // At least `info`: the "listening" line tells the address.
             .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -416,7 +423,7 @@ impl Daemon {
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| panic!("daemon did not start: {startup_log:#?}"));
             let listening = line.contains("sidecar listening");
-            let url = listening.then(|| format!("http://{}", listen_addr(&line)));
+            let url = listening.then(|| format!("http://{}", logged_addr(&line)));
             startup_log.push(line);
             if let Some(url) = url {
                 break url;
@@ -481,6 +488,14 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// The address in a text-format "listening" log line (`listen=ADDR`).
+pub fn logged_addr(line: &str) -> String {
+    match line.split_once("listen=") {
+        Some((_, rest)) => rest.split_whitespace().next().unwrap().to_owned(),
+        None => listen_addr(line),
     }
 }
 
