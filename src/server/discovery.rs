@@ -30,15 +30,25 @@ pub(crate) async fn metadata(
     if let Err(why) = state.caller.check(peer, &headers) {
         return TokenError::AccessDenied(why).into_response();
     }
-    let base = &state.base_url;
+    let Some(base) = reached_base(&headers) else {
+        return TokenError::InvalidRequest(
+            "the Host header must name the sidecar (host[:port])".into(),
+        )
+        .into_response();
+    };
     let scopes: Vec<String> = state
         .sidecar
         .ceiling()
         .iter()
         .map(ToString::to_string)
         .collect();
+    // RFC 8414 §3.3: the issuer is the URL the metadata was discovered at
+    // (stock clients check it), so it is the caller's URL, as are the
+    // endpoints — never the bound address, which may be a wildcard. The
+    // tokens' `iss` stays `tokens.issuer`: upstreams check the chain to the
+    // root, not this document.
     axum::Json(json!({
-        "issuer": state.config.tokens.issuer,
+        "issuer": base,
         "token_endpoint": format!("{base}/oauth2/token"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "grant_types_supported": ["client_credentials"],
@@ -47,6 +57,18 @@ pub(crate) async fn metadata(
         "scopes_supported": scopes,
     }))
     .into_response()
+}
+
+/// `http://<Host>`: the sidecar's URL as the caller reached it. The caller
+/// policy has already required a loopback name there, unless remote peers
+/// are allowed; either way only a plain `host[:port]` is used.
+fn reached_base(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let authority: axum::http::uri::Authority = host.parse().ok()?;
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    Some(format!("http://{authority}"))
 }
 
 pub(crate) async fn metrics(
@@ -84,5 +106,30 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
             axum::Json(json!({"status": "no valid grant"})),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn the_base_url_is_the_host_the_caller_reached() {
+        let base = |host: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static(host));
+            reached_base(&h)
+        };
+        assert_eq!(
+            base("localhost:8200").as_deref(),
+            Some("http://localhost:8200")
+        );
+        assert_eq!(base("127.0.0.1").as_deref(), Some("http://127.0.0.1"));
+        assert_eq!(base("[::1]:8200").as_deref(), Some("http://[::1]:8200"));
+        for bad in ["user@localhost:8200", "local host", "localhost/x", ""] {
+            assert_eq!(base(bad), None, "{bad}");
+        }
+        assert_eq!(reached_base(&HeaderMap::new()), None);
     }
 }

@@ -52,12 +52,10 @@ pub struct Services {
 
 #[derive(Clone)]
 struct AppState {
-    config: Arc<Config>,
     sidecar: Arc<Sidecar>,
     source: Arc<GrantSource>,
     proxy: Option<Arc<Proxy>>,
     metrics: Arc<SidecarMetrics>,
-    base_url: Arc<str>,
     caller: caller::CallerPolicy,
     token_requires_header: bool,
     limiter: Option<Arc<rate_limit::RateLimiter>>,
@@ -66,9 +64,9 @@ struct AppState {
     workload_label: Arc<str>,
 }
 
-/// The sidecar's routes, for a sidecar reachable at `base_url`
-/// (e.g. `http://127.0.0.1:8200`), used in the discovery document.
-pub fn router(services: Services, base_url: &str) -> Router {
+/// The sidecar's routes. The discovery document names the URL each caller
+/// reached (its `Host`), so the router needs no address of its own.
+pub fn router(services: Services) -> Router {
     let config = &services.config;
     let state = AppState {
         limiter: config
@@ -82,8 +80,6 @@ pub fn router(services: Services, base_url: &str) -> Router {
         max_ttl: config.tokens.ttl.as_secs(),
         body_read_timeout: config.server.limits.body_read_timeout,
         workload_label: config.workload.id.to_string().into(),
-        base_url: base_url.trim_end_matches('/').into(),
-        config: services.config,
         sidecar: services.sidecar,
         source: services.source,
         proxy: services.proxy,
@@ -126,11 +122,11 @@ pub async fn serve(
     for l in &listeners {
         addrs.push(l.local_addr()?);
     }
-    let Some(first) = addrs.first() else {
+    if addrs.is_empty() {
         return Err(std::io::Error::other("no listener to serve on"));
-    };
+    }
     let limits = services.config.server.limits;
-    let app = router(services, &format!("http://{first}"));
+    let app = router(services);
     for addr in &addrs {
         tracing::info!(listen = %addr, "authproxy sidecar listening");
     }

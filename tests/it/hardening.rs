@@ -503,7 +503,7 @@ async fn metadata_and_metrics_are_for_local_callers_only() {
     }
     // Another machine.
     let remote: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
-    let app = authproxy::server::router(s.daemon.services(), &s.url).layer(MockConnectInfo(remote));
+    let app = authproxy::server::router(s.daemon.services()).layer(MockConnectInfo(remote));
     let get = |path: &str| {
         axum::http::Request::get(path)
             .header("host", "127.0.0.1")

@@ -20,6 +20,7 @@ mod deploy;
 mod e2e;
 mod hardening;
 mod listen;
+mod openid_client;
 mod operations;
 mod proxy;
 mod sidecar;
