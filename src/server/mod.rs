@@ -168,10 +168,10 @@ async fn proxy(
     let Some(p) = &state.proxy else {
         return ProxyError::NotConfigured.into_response();
     };
-    if p.requires_header() {
-        if let Err(why) = caller::require_request_header(req.headers(), "/api") {
-            return TokenError::AccessDenied(why).into_response();
-        }
+    if p.requires_header()
+        && let Err(why) = caller::require_request_header(req.headers(), "/api")
+    {
+        return TokenError::AccessDenied(why).into_response();
     }
     let started = std::time::Instant::now();
     let forwarded = match bearer_header(&state) {
