@@ -200,11 +200,17 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "environment API listening");
     // The same connection limits as the sidecar: header-read timeout,
-    // header cap, connection cap, bounded graceful drain.
+    // header cap, connection cap, bounded graceful drain. An upstream's
+    // callers are other machines, so they get every slot, not the sidecar's
+    // small budget for non-loopback peers.
+    let defaults = authproxy::serve::Limits::default();
     authproxy::serve::serve(
-        listener,
+        vec![listener],
         app(&auth, &args.environment),
-        authproxy::serve::Limits::default(),
+        authproxy::serve::Limits {
+            max_remote_connections: defaults.max_connections,
+            ..defaults
+        },
         async {
             let _ = tokio::signal::ctrl_c().await;
         },

@@ -48,15 +48,16 @@ pub fn serve(config: Config) -> ExitCode {
             Ok(d) => Arc::new(d),
             Err(e) => return usage_error(&e),
         };
-        let addr = daemon.config().server.listen;
-        let listener = match tokio::net::TcpListener::bind(addr).await {
+        let server = &daemon.config().server;
+        let listeners = match crate::serve::bind_all(&server.listen, server.listen_is_default).await
+        {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!("cannot listen on {addr}: {e}");
+                tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
-        match daemon.run(listener, shutdown_signal()).await {
+        match daemon.run(listeners, shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS

@@ -21,6 +21,9 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(MAX_TOKEN_LIFETIME);
 pub const MIN_GRANT_TTL: Duration = Duration::from_secs(60);
 /// Longest grant lifetime a config may set (what verifiers accept).
 pub const MAX_GRANT_TTL: Duration = Duration::from_secs(MAX_GRANT_LIFETIME);
+/// `server.listen` when not configured: both loopback addresses (DESIGN §4),
+/// so clients that resolve `localhost` to `::1` first also connect.
+pub const DEFAULT_LISTEN: [&str; 2] = ["127.0.0.1:8200", "[::1]:8200"];
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +77,11 @@ pub struct ProxyConfig {
     pub upstream: reqwest::Url,
     /// How long to wait for the upstream's response headers (default 30 s).
     pub timeout: Duration,
+    /// How long a response body may go without sending anything before
+    /// the client's connection is cut (default 30 s).
+    pub idle_timeout: Duration,
+    /// Require `X-Authproxy-Request: 1` on `/api/*` (default on).
+    pub require_header: bool,
 }
 
 /// `[sink]`: keep a valid token in a file.
@@ -90,8 +98,12 @@ pub struct SinkConfig {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// Address to bind; loopback by default.
-    pub listen: SocketAddr,
+    /// Addresses to bind, at least one; by default [`DEFAULT_LISTEN`].
+    pub listen: Vec<SocketAddr>,
+    /// `listen` is the default, not configured: an IPv6 address in it that
+    /// this machine cannot bind (no IPv6) is skipped with a warning. A
+    /// configured address that cannot be bound is an error.
+    pub listen_is_default: bool,
     /// Answer token requests from non-loopback peers. Off by default: the
     /// sidecar serves the code in its own container only.
     pub allow_remote_peers: bool,
@@ -99,6 +111,9 @@ pub struct ServerConfig {
     pub limits: crate::serve::Limits,
     /// Token requests per second (and burst), if limited.
     pub rate_limit: Option<u32>,
+    /// Require `X-Authproxy-Request: 1` on the token endpoint too (default
+    /// off: stock OAuth2 clients cannot add it).
+    pub require_header: bool,
 }
 
 /// `[workload]`
@@ -172,6 +187,8 @@ struct Raw {
 struct RawProxy {
     upstream: Option<String>,
     timeout: Option<String>,
+    idle_timeout: Option<String>,
+    require_header: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -184,12 +201,24 @@ struct RawSink {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
-    listen: Option<String>,
+    listen: Option<RawListen>,
     allow_remote_peers: Option<bool>,
     header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
     max_connections: Option<u32>,
+    max_remote_connections: Option<u32>,
     shutdown_grace: Option<String>,
     rate_limit: Option<u32>,
+    require_header: Option<bool>,
+}
+
+/// `listen = "ADDR"` or `listen = ["ADDR", …]` (from the environment:
+/// `ADDR,ADDR`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawListen {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize, Default)]
@@ -241,6 +270,9 @@ impl Config {
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
+            // DESIGN §6: list values are comma-separated in the environment.
+            .list_separator(",")
+            .with_list_parse_key("server.listen")
             .source(env);
         let raw: Raw = ::config::Config::builder()
             .add_source(::config::File::from(file).format(::config::FileFormat::Toml))
@@ -262,19 +294,44 @@ impl Config {
                 .ok_or_else(|| invalid(key, "is required".into()))
         };
 
-        let listen = raw.server.listen.unwrap_or_else(|| "127.0.0.1:8200".into());
-        let listen: SocketAddr = listen.parse().map_err(|_| {
-            invalid(
+        let listen_is_default = raw.server.listen.is_none();
+        let listen_text = match raw.server.listen {
+            None => DEFAULT_LISTEN.iter().map(|a| (*a).to_owned()).collect(),
+            Some(RawListen::One(a)) => vec![a],
+            Some(RawListen::Many(list)) => list,
+        };
+        if listen_text.is_empty() {
+            return Err(invalid(
                 "server.listen",
-                format!("`{listen}` is not an IP:PORT socket address"),
-            )
-        })?;
+                "must name at least one address".into(),
+            ));
+        }
+        let mut listen: Vec<SocketAddr> = Vec::with_capacity(listen_text.len());
+        for a in &listen_text {
+            let addr: SocketAddr = a.trim().parse().map_err(|_| {
+                invalid(
+                    "server.listen",
+                    format!(
+                        "`{a}` is not an IP:PORT socket address (IPv6 in brackets: [::1]:8200)"
+                    ),
+                )
+            })?;
+            if listen.contains(&addr) {
+                return Err(invalid("server.listen", format!("lists {addr} twice")));
+            }
+            listen.push(addr);
+        }
 
         let mut limits = crate::serve::Limits::default();
         if let Some(t) = &raw.server.header_read_timeout {
             limits.header_read_timeout =
                 duration_in(t, Duration::from_secs(1), Duration::from_secs(10))
                     .map_err(|p| invalid("server.header_read_timeout", p))?;
+        }
+        if let Some(t) = &raw.server.body_read_timeout {
+            limits.body_read_timeout =
+                duration_in(t, Duration::from_secs(1), Duration::from_secs(60))
+                    .map_err(|p| invalid("server.body_read_timeout", p))?;
         }
         if let Some(n) = raw.server.max_connections {
             if n == 0 {
@@ -284,6 +341,15 @@ impl Config {
                 ));
             }
             limits.max_connections = n as usize;
+        }
+        if let Some(n) = raw.server.max_remote_connections {
+            if n == 0 {
+                return Err(invalid(
+                    "server.max_remote_connections",
+                    "must be at least 1".into(),
+                ));
+            }
+            limits.max_remote_connections = n as usize;
         }
         if let Some(t) = &raw.server.shutdown_grace {
             limits.shutdown_grace = duration_in(t, Duration::ZERO, Duration::from_secs(300))
@@ -368,9 +434,17 @@ impl Config {
                     Duration::from_secs(3600),
                 )
                 .map_err(|e| invalid("proxy.timeout", e))?;
+                let idle_timeout = duration_in(
+                    p.idle_timeout.as_deref().unwrap_or("30s"),
+                    Duration::from_secs(1),
+                    Duration::from_secs(3600),
+                )
+                .map_err(|e| invalid("proxy.idle_timeout", e))?;
                 Some(ProxyConfig {
                     upstream: url,
                     timeout,
+                    idle_timeout,
+                    require_header: p.require_header.unwrap_or(true),
                 })
             }
         };
@@ -404,6 +478,7 @@ impl Config {
             file: file.to_owned(),
             server: ServerConfig {
                 listen,
+                listen_is_default,
                 allow_remote_peers: raw.server.allow_remote_peers.unwrap_or(false),
                 limits,
                 rate_limit: match raw.server.rate_limit {
@@ -415,6 +490,7 @@ impl Config {
                     }
                     r => r,
                 },
+                require_header: raw.server.require_header.unwrap_or(false),
             },
             workload: WorkloadConfig {
                 id,
@@ -488,7 +564,14 @@ mod tests {
     #[test]
     fn defaults_fill_what_is_not_set() {
         let c = load(MINIMAL, &[]).unwrap();
-        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8200");
+        assert_eq!(
+            c.server.listen,
+            [
+                "127.0.0.1:8200".parse().unwrap(),
+                "[::1]:8200".parse().unwrap()
+            ] as [SocketAddr; 2]
+        );
+        assert!(c.server.listen_is_default);
         assert!(!c.server.allow_remote_peers);
         assert_eq!(c.tokens.ttl, Duration::from_secs(300));
         assert!(c.tokens.reuse);
@@ -563,6 +646,9 @@ mod tests {
         let p = c.proxy.unwrap();
         assert_eq!(p.upstream.as_str(), "http://127.0.0.1:8300/v1");
         assert_eq!(p.timeout, Duration::from_secs(30));
+        assert!(p.require_header);
+        assert_eq!(p.idle_timeout, Duration::from_secs(30));
+        assert!(!c.server.require_header);
         assert_eq!(c.sink.unwrap().mode, 0o640);
         for (extra, key) in [
             ("[proxy]\nupstream = \"ftp://x\"\n", "`proxy.upstream`"),
@@ -576,6 +662,10 @@ mod tests {
                 "`proxy.timeout`",
             ),
             (
+                "[proxy]\nupstream = \"http://x\"\nidle_timeout = \"2h\"\n",
+                "`proxy.idle_timeout`",
+            ),
+            (
                 "[sink]\npath = \"/tmp/t\"\nmode = \"0644\"\n",
                 "`sink.mode`",
             ),
@@ -584,6 +674,90 @@ mod tests {
             let e = error_of(&format!("{MINIMAL}{extra}"), &[]);
             assert!(e.contains(key), "{extra}: {e}");
         }
+    }
+
+    /// Issue #11, item 11: a string or a list in the file.
+    #[test]
+    fn listen_is_an_address_or_a_list_of_them() {
+        let with = |listen: &str| format!("[server]\nlisten = {listen}\n{MINIMAL}");
+        let c = load(&with("\"127.0.0.1:9000\""), &[]).unwrap();
+        assert_eq!(
+            c.server.listen,
+            ["127.0.0.1:9000".parse().unwrap()] as [SocketAddr; 1]
+        );
+        assert!(!c.server.listen_is_default);
+        let c = load(&with("[\"127.0.0.1:9000\", \"[::1]:9000\"]"), &[]).unwrap();
+        assert_eq!(
+            c.server.listen,
+            [
+                "127.0.0.1:9000".parse().unwrap(),
+                "[::1]:9000".parse().unwrap()
+            ] as [SocketAddr; 2]
+        );
+        for (bad, problem) in [
+            ("[]", "at least one"),
+            (
+                "[\"127.0.0.1:9000\", \"::1:9000\"]",
+                "`::1:9000` is not an IP:PORT",
+            ),
+            ("[\"127.0.0.1:9000\", \"127.0.0.1:9000\"]", "twice"),
+        ] {
+            let e = error_of(&with(bad), &[]);
+            assert!(
+                e.contains("`server.listen`") && e.contains(problem),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    /// Issue #11, item 11: DESIGN §6, a comma-separated list in the environment.
+    #[test]
+    fn listen_from_the_environment_is_comma_separated() {
+        let c = load(
+            MINIMAL,
+            &[("AUTHPROXY__SERVER__LISTEN", "127.0.0.1:8200,[::1]:8200")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.listen,
+            [
+                "127.0.0.1:8200".parse().unwrap(),
+                "[::1]:8200".parse().unwrap()
+            ] as [SocketAddr; 2]
+        );
+        assert!(!c.server.listen_is_default);
+        let c = load(MINIMAL, &[("AUTHPROXY__SERVER__LISTEN", "0.0.0.0:8200")]).unwrap();
+        assert_eq!(
+            c.server.listen,
+            ["0.0.0.0:8200".parse().unwrap()] as [SocketAddr; 1]
+        );
+        // Other values are not split on commas.
+        let c = load(MINIMAL, &[("AUTHPROXY__TOKENS__AUDIENCE", "a,b")]).unwrap();
+        assert_eq!(c.tokens.audience, "a,b");
+    }
+
+    #[test]
+    fn body_timeout_and_remote_budget_are_validated() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.server.limits.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.limits.max_remote_connections, 16);
+        let c = load(
+            MINIMAL,
+            &[
+                ("AUTHPROXY__SERVER__BODY_READ_TIMEOUT", "2s"),
+                ("AUTHPROXY__SERVER__MAX_REMOTE_CONNECTIONS", "4"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.limits.body_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.server.limits.max_remote_connections, 4);
+        let e = error_of(MINIMAL, &[("AUTHPROXY__SERVER__BODY_READ_TIMEOUT", "0s")]);
+        assert!(e.contains("`server.body_read_timeout`"), "{e}");
+        let e = error_of(
+            MINIMAL,
+            &[("AUTHPROXY__SERVER__MAX_REMOTE_CONNECTIONS", "0")],
+        );
+        assert!(e.contains("`server.max_remote_connections`"), "{e}");
     }
 
     #[test]

@@ -175,11 +175,11 @@ impl Daemon {
         self.token_file_due.send_replace(0);
     }
 
-    /// Serves on `listener` until `shutdown`, renewing the grant, keeping
-    /// the token file fresh and reloading on SIGHUP meanwhile.
+    /// Serves on every listener until `shutdown`, renewing the grant,
+    /// keeping the token file fresh and reloading on SIGHUP meanwhile.
     pub async fn run(
         self: Arc<Self>,
-        listener: tokio::net::TcpListener,
+        listeners: Vec<tokio::net::TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let mut tasks = vec![
@@ -189,7 +189,7 @@ impl Daemon {
         if let Some(sink) = self.config().sink.clone() {
             tasks.push(tokio::spawn(Arc::clone(&self).keep_token_file(sink)));
         }
-        let served = server::serve(listener, self.services(), shutdown).await;
+        let served = server::serve(listeners, self.services(), shutdown).await;
         for t in tasks {
             t.abort();
         }

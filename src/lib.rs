@@ -10,9 +10,13 @@
 //! - [`daemon`] — start-up, grant renewal, the token file, reload.
 //! - [`grant_source`] — where the grant comes from (embedded issuer today).
 //! - [`sidecar`] — the ephemeral key, the one grant slot, the reuse cache.
-//! - [`server`] — the HTTP routes: token endpoint, proxy, discovery, probes.
-//! - [`serve`] — serving a router with connection limits and a bounded drain.
-//! - [`proxy`] — forward-proxy mode: `/api/*` to the upstream, token attached.
+//! - [`server`] — the HTTP routes: token endpoint, proxy, discovery, probes,
+//!   and the checks on who may call them (caller policy, Fetch Metadata).
+//! - [`serve`] — binding the listen addresses; serving a router on them with
+//!   connection limits (a smaller budget for non-loopback peers) and a
+//!   bounded drain.
+//! - [`proxy`] — forward-proxy mode: `/api/*` to the upstream, token
+//!   attached, paths kept under the upstream's base, stalled bodies cut.
 //! - [`sink`] — the token file, replaced atomically.
 //! - [`client`] — a client of the sidecar (`authproxy token`, `authproxy health`).
 //! - [`telemetry`] — metrics, request ids, log setup, error chains.

@@ -104,17 +104,16 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
         assert_eq!(got, status, "{path}: {body}");
     }
     // The proxy, with a client Authorization to drop.
-    let res = client()
+    let res = api_client()
         .get(format!("{}/api/environment", s.url))
         .header("authorization", format!("Bearer {t}"))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let (got, _, body) = call(
+    let (got, _, body) = call_api(
         Method::POST,
         &format!("{}/api/tasks/send-report/runs", s.url),
-        None,
     )
     .await;
     assert_eq!(got, 202, "{body}");

@@ -19,7 +19,7 @@ impl CallerPolicy {
     /// `Err(why)` when the request does not come from a local workload.
     pub(crate) fn check(self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), String> {
         if !self.allow_remote_peers {
-            if !peer.ip().is_loopback() {
+            if !crate::serve::is_loopback_peer(peer.ip()) {
                 return Err("tokens are issued to local workloads only".into());
             }
             // DNS rebinding: a page at evil.example whose name now resolves
@@ -47,6 +47,22 @@ impl CallerPolicy {
             return Err("requests from browsers (Origin header) are refused".into());
         }
         Ok(())
+    }
+}
+
+/// `Err(why)` unless the request carries [`crate::proxy::REQUEST_HEADER`]
+/// with the value `1`. A page in a browser cannot add a custom header to a
+/// cross-origin request without a CORS preflight (which the sidecar never
+/// approves), and a server-side request forgery that only controls a URL
+/// cannot add one at all — the reason cloud metadata servers require
+/// `Metadata-Flavor`.
+pub(crate) fn require_request_header(headers: &HeaderMap, route: &str) -> Result<(), String> {
+    let mut values = headers.get_all(crate::proxy::REQUEST_HEADER).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) if v.as_bytes() == b"1" => Ok(()),
+        _ => Err(format!(
+            "requests to {route} must carry the header `X-Authproxy-Request: 1`"
+        )),
     }
 }
 
@@ -82,6 +98,32 @@ fn valid_port(p: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
+
+    /// Issue #11, item 11: bound to `[::]`, an IPv4 client on 127.0.0.1
+    /// arrives as `::ffff:127.0.0.1`: a loopback peer.
+    #[test]
+    fn an_ipv4_mapped_loopback_peer_is_a_loopback_peer() {
+        let policy = CallerPolicy {
+            allow_remote_peers: false,
+        };
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8200"));
+        for peer in [
+            "[::ffff:127.0.0.1]:5000",
+            "[::ffff:127.9.9.9]:5000",
+            "[::1]:5000",
+        ] {
+            assert_eq!(policy.check(peer.parse().unwrap(), &h), Ok(()), "{peer}");
+        }
+        for peer in [
+            "[::ffff:192.0.2.7]:5000",
+            "[::ffff:10.0.0.1]:5000",
+            "[2001:db8::1]:5000",
+        ] {
+            assert!(policy.check(peer.parse().unwrap(), &h).is_err(), "{peer}");
+        }
+    }
 
     #[test]
     fn only_loopback_names_pass_the_host_check() {

@@ -1,13 +1,15 @@
 //! The sidecar's HTTP surface (DESIGN §4): the token endpoint, the forward
 //! proxy, discovery documents, probes and metrics.
 //!
-//! [`serve`] takes an already bound listener and any shutdown future, so
-//! tests bind `127.0.0.1:0` and the binary binds the configured address.
+//! [`serve`] takes already bound listeners and any shutdown future, so
+//! tests bind `127.0.0.1:0` and the binary binds the configured addresses.
 //! Background work (renewal, the token file, reload) belongs to
 //! [`crate::daemon`], not here.
 
 mod caller;
 mod discovery;
+mod fetch_metadata;
+mod guard;
 mod rate_limit;
 mod token;
 
@@ -17,7 +19,7 @@ use std::sync::Arc;
 
 use authproxy_core::clock;
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -52,37 +54,43 @@ impl Services {
     /// Ready: holds a valid grant, and its declarations have not been
     /// failing to reload for longer than `trust.reload_grace`.
     pub fn is_ready(&self, now: u64) -> bool {
-        ready(&self.sidecar, &self.source, &self.config, now)
+        ready(
+            &self.sidecar,
+            &self.source,
+            self.config.trust.reload_grace.as_secs(),
+            now,
+        )
     }
 }
 
-fn ready(sidecar: &Sidecar, source: &GrantSource, config: &Config, now: u64) -> bool {
-    sidecar.is_ready(now) && source.is_current(now, config.trust.reload_grace.as_secs())
+fn ready(sidecar: &Sidecar, source: &GrantSource, reload_grace: u64, now: u64) -> bool {
+    sidecar.is_ready(now) && source.is_current(now, reload_grace)
 }
 
 impl AppState {
     fn is_ready(&self, now: u64) -> bool {
-        ready(&self.sidecar, &self.source, &self.config, now)
+        ready(&self.sidecar, &self.source, self.reload_grace, now)
     }
 }
 
 #[derive(Clone)]
 struct AppState {
-    config: Arc<Config>,
     sidecar: Arc<Sidecar>,
     source: Arc<GrantSource>,
     proxy: Option<Arc<Proxy>>,
     metrics: Arc<SidecarMetrics>,
-    base_url: Arc<str>,
     caller: caller::CallerPolicy,
+    token_requires_header: bool,
     limiter: Option<Arc<rate_limit::RateLimiter>>,
     max_ttl: u64,
+    body_read_timeout: std::time::Duration,
+    reload_grace: u64,
     workload_label: Arc<str>,
 }
 
-/// The sidecar's routes, for a sidecar reachable at `base_url`
-/// (e.g. `http://127.0.0.1:8200`), used in the discovery document.
-pub fn router(services: Services, base_url: &str) -> Router {
+/// The sidecar's routes. The discovery document names the URL each caller
+/// reached (its `Host`), so the router needs no address of its own.
+pub fn router(services: Services) -> Router {
     let config = &services.config;
     let state = AppState {
         limiter: config
@@ -92,10 +100,11 @@ pub fn router(services: Services, base_url: &str) -> Router {
         caller: caller::CallerPolicy {
             allow_remote_peers: config.server.allow_remote_peers,
         },
+        token_requires_header: config.server.require_header,
         max_ttl: config.tokens.ttl.as_secs(),
+        body_read_timeout: config.server.limits.body_read_timeout,
+        reload_grace: config.trust.reload_grace.as_secs(),
         workload_label: config.workload.id.to_string().into(),
-        base_url: base_url.trim_end_matches('/').into(),
-        config: services.config,
         sidecar: services.sidecar,
         source: services.source,
         proxy: services.proxy,
@@ -104,7 +113,7 @@ pub fn router(services: Services, base_url: &str) -> Router {
     Router::new()
         .route(
             "/oauth2/token",
-            post(token::token).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+            post(token::token).fallback(token::wrong_method),
         )
         .route("/.well-known/jwks.json", get(discovery::jwks))
         .route(
@@ -118,6 +127,7 @@ pub fn router(services: Services, base_url: &str) -> Router {
         .route("/api/", any(proxy))
         .route("/api/{*rest}", any(proxy))
         .with_state(state)
+        .layer(axum::middleware::from_fn(guard::every_request))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
@@ -126,18 +136,26 @@ pub fn router(services: Services, base_url: &str) -> Router {
         )
 }
 
-/// Serves the sidecar's routes on `listener` until `shutdown` completes,
-/// then drains in-flight requests.
+/// Serves the sidecar's routes on every listener until `shutdown`
+/// completes, then drains in-flight requests.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listeners: Vec<tokio::net::TcpListener>,
     services: Services,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
+    let mut addrs = Vec::with_capacity(listeners.len());
+    for l in &listeners {
+        addrs.push(l.local_addr()?);
+    }
+    if addrs.is_empty() {
+        return Err(std::io::Error::other("no listener to serve on"));
+    }
     let limits = services.config.server.limits;
-    let app = router(services, &format!("http://{addr}"));
-    tracing::info!(listen = %addr, "authproxy sidecar listening");
-    crate::serve::serve(listener, app, limits, shutdown).await
+    let app = router(services);
+    for addr in &addrs {
+        tracing::info!(listen = %addr, "authproxy sidecar listening");
+    }
+    crate::serve::serve(listeners, app, limits, shutdown).await
 }
 
 /// One span per request, carrying its id (never headers: they may hold
@@ -175,6 +193,11 @@ async fn proxy(
     let Some(p) = &state.proxy else {
         return ProxyError::NotConfigured.into_response();
     };
+    if p.requires_header()
+        && let Err(why) = caller::require_request_header(req.headers(), "/api")
+    {
+        return TokenError::AccessDenied(why).into_response();
+    }
     let started = std::time::Instant::now();
     let forwarded = match bearer_header(&state) {
         Ok(authorization) => p.forward(authorization, req).await,
@@ -200,8 +223,15 @@ async fn proxy(
 /// `Bearer <token>` for the proxy: the workload's whole ceiling, reused.
 fn bearer_header(state: &AppState) -> Result<HeaderValue, ProxyError> {
     let sidecar = &state.sidecar;
+    let ceiling = sidecar.ceiling();
+    // An empty-scope token is no credential: refuse as the token endpoint does.
+    if ceiling.is_empty() {
+        return Err(ProxyError::NoAuthorizations(
+            state.workload_label.to_string(),
+        ));
+    }
     let issued = sidecar
-        .issue_reusing(&sidecar.ceiling(), state.max_ttl, clock::now())
+        .issue_reusing(&ceiling, state.max_ttl, clock::now())
         .map_err(ProxyError::NoToken)?;
     // A compact JWS is base64url and dots: always a valid header value.
     let mut value = HeaderValue::from_str(&format!("Bearer {}", issued.minted.token))

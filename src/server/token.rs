@@ -3,14 +3,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use authproxy_core::ScopeSet;
 use authproxy_core::clock;
 use authproxy_core::oauth::ErrorBody;
 use authproxy_core::token::MintError;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -44,6 +44,13 @@ pub enum TokenError {
     /// a chunked token request.
     #[error("chunked token requests are not accepted; send Content-Length")]
     Framing,
+    /// Return `405 Method Not Allowed`, `invalid_request`, with `Allow: POST`.
+    #[error("the token endpoint accepts POST only")]
+    MethodNotAllowed,
+    /// Return `408 Request Timeout`, `invalid_request`, and close the
+    /// connection: the body did not arrive within `server.body_read_timeout`.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
     /// Return `429 Too Many Requests` with `Retry-After` (`server.rate_limit`).
     #[error("too many token requests; retry after {0} s")]
     RateLimited(u64),
@@ -68,6 +75,8 @@ impl TokenError {
             Self::AccessDenied(_) => (StatusCode::FORBIDDEN, "access_denied"),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
             Self::Framing => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request"),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "invalid_request"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
@@ -85,13 +94,17 @@ impl IntoResponse for TokenError {
         }
         let mut res = no_store_json(status, &ErrorBody::new(code, self.to_string()));
         match self {
-            Self::Framing => {
+            Self::Framing | Self::BodyTimeout(_) => {
                 res.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Self::RateLimited(secs) => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            Self::MethodNotAllowed => {
+                res.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
             }
             _ => {}
         }
@@ -110,11 +123,10 @@ struct TokenResponse<'a> {
 pub(crate) async fn token(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Response {
     let started = std::time::Instant::now();
-    let result = token_inner(&state, peer, &headers, body);
+    let result = token_inner(&state, peer, req).await;
     let label = match &result {
         Ok((_, true)) => "reused",
         Ok((_, false)) => "issued",
@@ -129,17 +141,32 @@ pub(crate) async fn token(
     }
 }
 
+/// Any method but POST on the token endpoint: the JSON error body every
+/// other refusal has, rather than axum's empty 405.
+pub(crate) async fn wrong_method() -> Response {
+    TokenError::MethodNotAllowed.into_response()
+}
+
 /// The token endpoint proper; returns the response and whether the token was reused.
-fn token_inner(
+async fn token_inner(
     state: &AppState,
     peer: SocketAddr,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<(Response, bool), TokenError> {
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    // Everything that can refuse the request is decided on its head, before
+    // a byte of body is read: a refused caller is answered at once and its
+    // connection closed (hyper does not keep a connection whose body was
+    // left unread), instead of holding a slot by never sending the body.
     state
         .caller
         .check(peer, headers)
         .map_err(TokenError::AccessDenied)?;
+    if state.token_requires_header {
+        super::caller::require_request_header(headers, "the token endpoint")
+            .map_err(TokenError::AccessDenied)?;
+    }
     if let Some(limiter) = &state.limiter {
         limiter
             .check(std::time::Instant::now())
@@ -151,14 +178,13 @@ fn token_inner(
     if headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(TokenError::Framing);
     }
-
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            TokenError::TooLarge
-        } else {
-            TokenError::InvalidRequest(format!("could not read the request body: {e}"))
-        }
-    })?;
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(TokenError::TooLarge);
+    }
     let form_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -172,6 +198,7 @@ fn token_inner(
             "the body must be application/x-www-form-urlencoded".into(),
         ));
     }
+    let body = read_body(body, state.body_read_timeout).await?;
     let form = Form::parse(&body)?;
 
     match form.grant_type.as_deref() {
@@ -219,6 +246,18 @@ fn token_inner(
         },
     );
     Ok((res, issued.reused))
+}
+
+/// The body, at most [`MAX_BODY_BYTES`], within `timeout`: a client that
+/// announces a body and never sends it is cut off.
+async fn read_body(body: Body, timeout: Duration) -> Result<Bytes, TokenError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Err(_) => Err(TokenError::BodyTimeout(timeout)),
+        Ok(Err(e)) => Err(TokenError::InvalidRequest(format!(
+            "could not read the request body: {e}"
+        ))),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
 }
 
 /// The parameters of a token request that authproxy reads.

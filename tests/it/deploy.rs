@@ -50,7 +50,10 @@ fn check_sidecar(cfg: &Config, decl: &Declarations, what: &str) {
         "{what}: {} is not declared",
         cfg.workload.id
     );
-    assert_eq!(cfg.server.listen.port(), 8200, "{what}");
+    assert!(!cfg.server.listen.is_empty(), "{what}");
+    for addr in &cfg.server.listen {
+        assert_eq!(addr.port(), 8200, "{what}: {addr}");
+    }
     assert_eq!(cfg.trust.state_dir, PathBuf::from(STATE_DIR), "{what}");
     assert_eq!(
         cfg.workload.declarations,
@@ -219,7 +222,7 @@ fn kubernetes_manifests_match_the_binary() {
         check_sidecar(&cfg, &decl, file);
         assert_eq!(
             sidecar["ports"][0]["containerPort"].as_u64(),
-            Some(u64::from(cfg.server.listen.port())),
+            Some(u64::from(cfg.server.listen[0].port())),
             "{file}"
         );
         for probe in ["startupProbe", "readinessProbe"] {

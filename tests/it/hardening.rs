@@ -13,25 +13,6 @@ fn addr(s: &TestSidecar) -> String {
     s.url.trim_start_matches("http://").to_owned()
 }
 
-/// Reads until EOF or `limit`; returns what arrived and whether the server closed.
-async fn read_all(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + limit;
-    loop {
-        match tokio::time::timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            stream.read(&mut buf),
-        )
-        .await
-        {
-            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
-        }
-    }
-}
-
 async fn fast_sidecar() -> TestSidecar {
     spawn_sidecar(Options {
         server_extra: "header_read_timeout = \"1s\"",
@@ -197,7 +178,7 @@ async fn a_non_loopback_host_header_gets_no_token_and_no_proxy() {
         assert_eq!(res.status(), 403, "{host}");
         let body: serde_json::Value = res.json().await.unwrap();
         assert_eq!(body["error"], "access_denied");
-        let res = client()
+        let res = api_client()
             .get(format!("{}/api/x", s.url))
             .header("host", &host)
             .send()
@@ -325,4 +306,216 @@ async fn stale_keys_keep_working_up_to_the_limit_then_fail_closed() {
         auth.verify(&t, built_at + 62).await.unwrap_err(),
         authproxy_core::verify::InvalidToken::KeysStale
     );
+}
+
+/// Issue #11, item 10(c): RFC 9112 §3.2 — a request with more than one
+/// `Host` is a 400, whichever the checks would have read.
+#[tokio::test]
+async fn two_host_headers_are_a_400_on_every_route() {
+    let s = spawn_sidecar(Options::default()).await;
+    let body = "grant_type=client_credentials";
+    for (first, second) in [
+        ("127.0.0.1", "evil.example"),
+        ("evil.example", "127.0.0.1"),
+        ("127.0.0.1", "127.0.0.1"),
+    ] {
+        let req = format!(
+            "POST /oauth2/token HTTP/1.1\r\nHost: {first}\r\nHost: {second}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (res, _) = raw(&s, req.as_bytes()).await;
+        assert!(res.starts_with("HTTP/1.1 400"), "{first}, {second}: {res}");
+        assert!(res.contains("invalid_request"), "{res}");
+        assert!(!res.contains("access_token"), "{res}");
+    }
+    let (res, _) = raw(
+        &s,
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+}
+
+/// The head of a token request whose body never comes.
+fn bodiless_token_request(extra_headers: &str) -> String {
+    format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra_headers}\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+    )
+}
+
+/// Issue #11, item 3: a refused caller is answered on its request head and
+/// its connection closed — it cannot hold a slot by never sending the body
+/// it announced — and loopback callers keep getting tokens.
+#[tokio::test]
+async fn refused_callers_are_answered_before_their_body_and_free_their_slots() {
+    let s = spawn_sidecar(Options {
+        server_extra: "max_connections = 8",
+        ..Options::default()
+    })
+    .await;
+    let mut evil = Vec::new();
+    for _ in 0..8 {
+        let mut c = TcpStream::connect(addr(&s)).await.unwrap();
+        c.write_all(bodiless_token_request("Origin: http://evil.example\r\n").as_bytes())
+            .await
+            .unwrap();
+        evil.push(c);
+    }
+    let started = Instant::now();
+    for c in &mut evil {
+        let (res, closed) = read_all(c, Duration::from_secs(2)).await;
+        assert!(
+            res.starts_with("HTTP/1.1 403"),
+            "no answer without the body after {:?}: {res:?}",
+            started.elapsed()
+        );
+        assert!(res.contains("access_denied"), "{res}");
+        assert!(closed, "the refused connection stays open");
+    }
+    let res = tokio::time::timeout(
+        Duration::from_secs(2),
+        post_form(&s.token_url(), "grant_type=client_credentials").send(),
+    )
+    .await
+    .expect("a loopback caller waited for a slot")
+    .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// Issue #11, item 3: a body that never arrives times out
+/// (`server.body_read_timeout`) with 408 and a closed connection.
+#[tokio::test]
+async fn a_token_request_body_that_never_arrives_gets_408() {
+    let s = spawn_sidecar(Options {
+        server_extra: "body_read_timeout = \"1s\"",
+        ..Options::default()
+    })
+    .await;
+    let mut c = TcpStream::connect(addr(&s)).await.unwrap();
+    c.write_all(bodiless_token_request("").as_bytes())
+        .await
+        .unwrap();
+    c.write_all(b"grant_type=").await.unwrap();
+    let started = Instant::now();
+    let (res, closed) = read_all(&mut c, Duration::from_secs(4)).await;
+    assert!(res.starts_with("HTTP/1.1 408"), "{res:?}");
+    assert!(res.contains("invalid_request"), "{res}");
+    assert!(closed);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// This machine's address on its default route, if it has one that is not
+/// loopback (no packet is sent: a UDP "connect" only picks the route).
+fn non_loopback_ipv4() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9")
+        .or_else(|_| s.connect("8.8.8.8:53"))
+        .ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// Issue #11, item 3: peers that are not loopback have their own small
+/// connection budget (`server.max_remote_connections`, 16): beyond it they
+/// are closed at once, and they never take loopback callers' slots.
+#[tokio::test]
+async fn non_loopback_peers_cannot_exhaust_the_connection_slots() {
+    let Some(ip) = non_loopback_ipv4() else {
+        eprintln!(
+            "NOT RUN: this machine has no non-loopback IPv4 address; \
+             serve.rs unit tests cover the remote budget"
+        );
+        return;
+    };
+    let s = spawn_sidecar(Options {
+        bind: "0.0.0.0:0",
+        server_extra: "max_connections = 20",
+        ..Options::default()
+    })
+    .await;
+    let port = s.url.rsplit(':').next().unwrap().to_owned();
+    let remote = format!("{ip}:{port}");
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        conns.push(TcpStream::connect(&remote).await.unwrap());
+    }
+    // Loopback callers are still served at once.
+    let res = tokio::time::timeout(
+        Duration::from_secs(2),
+        post_form(&s.token_url(), "grant_type=client_credentials").send(),
+    )
+    .await
+    .expect("remote peers took every slot")
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    // Exactly 16 remote connections are served; the others were closed.
+    let mut closed = 0;
+    for c in &mut conns {
+        if read_all(c, Duration::from_millis(200)).await.1 {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 4, "remote connections beyond the budget");
+}
+
+/// Issue #11, item 10(a): the discovery metadata and the metrics are for
+/// the container's own code, like tokens: not for other machines, not for a
+/// page that rebound a name to 127.0.0.1. The JWKS (public keys an upstream
+/// in another container reads) and the probes (no information, used by
+/// orchestrators from outside) stay open.
+#[tokio::test]
+async fn metadata_and_metrics_are_for_local_callers_only() {
+    use axum::extract::connect_info::MockConnectInfo;
+    use tower::ServiceExt as _;
+    let s = spawn_sidecar(Options::default()).await;
+    let guarded = ["/.well-known/oauth-authorization-server", "/metrics"];
+    let open = ["/.well-known/jwks.json", "/healthz", "/readyz"];
+    for path in guarded {
+        for (h, v) in [("host", "evil.example"), ("origin", "https://evil.example")] {
+            let res = client()
+                .get(format!("{}{path}", s.url))
+                .header(h, v)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 403, "{path} with {h}");
+            let body: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(body["error"], "access_denied");
+        }
+        let ok = client()
+            .get(format!("{}{path}", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200, "{path}");
+    }
+    for path in open {
+        let res = client()
+            .get(format!("{}{path}", s.url))
+            .header("host", "evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    // Another machine.
+    let remote: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let app = authproxy::server::router(s.daemon.services()).layer(MockConnectInfo(remote));
+    let get = |path: &str| {
+        axum::http::Request::get(path)
+            .header("host", "127.0.0.1")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    for path in guarded {
+        let res = app.clone().oneshot(get(path)).await.unwrap();
+        assert_eq!(res.status(), 403, "remote {path}");
+    }
+    for path in open {
+        let res = app.clone().oneshot(get(path)).await.unwrap();
+        assert_eq!(res.status(), 200, "remote {path}");
+    }
 }

@@ -20,6 +20,8 @@ mod deploy;
 mod e2e;
 mod hardening;
 mod health;
+mod listen;
+mod openid_client;
 mod operations;
 mod proxy;
 mod reload;

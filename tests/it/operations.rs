@@ -53,7 +53,7 @@ async fn metrics_name_and_count_tokens_grant_and_proxy() {
     request_token(&good.token_url(), &[cc]).await;
     request_token(&good.token_url(), &[cc, ("scope", "task:operate:nope")]).await;
     assert_eq!(
-        client()
+        api_client()
             .get(format!("{}/api/x", good.url))
             .send()
             .await
@@ -62,7 +62,7 @@ async fn metrics_name_and_count_tokens_grant_and_proxy() {
         200
     );
     assert_eq!(
-        client()
+        api_client()
             .get(format!("{}/api/x", bad.url))
             .send()
             .await
@@ -271,7 +271,7 @@ async fn sigterm_during_a_slow_proxied_request_still_returns_it_whole() {
     let mut d = Daemon::start(&cfg, "text", "info,authproxy=debug");
     let url = format!("{}/api/slow", d.url);
     let pending = tokio::spawn(async move {
-        client()
+        api_client()
             .get(url)
             .send()
             .await

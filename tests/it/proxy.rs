@@ -64,7 +64,7 @@ async fn get_and_post_are_forwarded_with_the_sidecar_token_replacing_the_clients
     let s = proxied_sidecar(&format!("{up}/base"), "").await;
     let auth = authorizer_for(&s).await;
 
-    let res = client()
+    let res = api_client()
         .get(format!("{}/api/things/a%20b?x=1&y=two", s.url))
         .header("authorization", "Bearer client-supplied")
         .header("x-custom", "kept")
@@ -90,7 +90,7 @@ async fn get_and_post_are_forwarded_with_the_sidecar_token_replacing_the_clients
     assert_eq!(p.sub().to_string(), "app/web");
     assert_eq!(p.scopes().to_string(), "task:operate:send-report env:view");
 
-    let res = client()
+    let res = api_client()
         .post(format!("{}/api/submit", s.url))
         .header("content-type", "application/json")
         .body(r#"{"hello":"world"}"#)
@@ -107,7 +107,7 @@ async fn get_and_post_are_forwarded_with_the_sidecar_token_replacing_the_clients
 async fn connection_authorization_cannot_strip_the_injected_token() {
     let (up, _seen, _stop) = echo_upstream().await;
     let s = proxied_sidecar(&up, "").await;
-    let res = client()
+    let res = api_client()
         .get(format!("{}/api/x", s.url))
         .header("connection", "authorization, close")
         .send()
@@ -139,21 +139,16 @@ async fn the_example_upstream_answers_through_the_proxy_and_refusals_pass_throug
         ..Options::default()
     })
     .await;
-    let (st, _, run) = call(
+    let (st, _, run) = call_api(
         reqwest::Method::POST,
         &format!("{}/api/tasks/notify/runs", s.url),
-        None,
     )
     .await;
     assert_eq!(st, 202, "{run}");
     assert_eq!(run["triggered_by"], "worker/web/mailer");
     // The upstream's 403 comes back unchanged, challenge included.
-    let (st, www, body) = call(
-        reqwest::Method::GET,
-        &format!("{}/api/environment", s.url),
-        None,
-    )
-    .await;
+    let (st, www, body) =
+        call_api(reqwest::Method::GET, &format!("{}/api/environment", s.url)).await;
     assert_eq!(st, 403);
     assert_eq!(
         www.as_deref(),
@@ -175,7 +170,7 @@ async fn concurrent_requests_share_one_token_even_with_reuse_off() {
     for _ in 0..50 {
         let url = format!("{}/api/x", s.url);
         tasks.push(tokio::spawn(async move {
-            client().get(url).send().await.unwrap().status()
+            api_client().get(url).send().await.unwrap().status()
         }));
     }
     for t in tasks {
@@ -194,7 +189,7 @@ async fn concurrent_requests_share_one_token_even_with_reuse_off() {
 async fn an_unreachable_upstream_is_a_502_and_a_slow_one_a_504() {
     let closed = closed_addr();
     let s = proxied_sidecar(&format!("http://{closed}"), "").await;
-    let (st, _, body) = call(reqwest::Method::GET, &format!("{}/api/x", s.url), None).await;
+    let (st, _, body) = call_api(reqwest::Method::GET, &format!("{}/api/x", s.url)).await;
     assert_eq!(st, 502);
     assert_eq!(body["error"], "bad_gateway");
     assert!(
@@ -211,7 +206,7 @@ async fn an_unreachable_upstream_is_a_502_and_a_slow_one_a_504() {
     let (up, _stop) = serve(slow).await;
     let s = proxied_sidecar(&up, "timeout = \"1s\"\n").await;
     let started = std::time::Instant::now();
-    let (st, _, body) = call(reqwest::Method::GET, &format!("{}/api/x", s.url), None).await;
+    let (st, _, body) = call_api(reqwest::Method::GET, &format!("{}/api/x", s.url)).await;
     assert_eq!(st, 504);
     assert_eq!(body["error"], "gateway_timeout");
     assert!(started.elapsed() < Duration::from_secs(4));
@@ -230,6 +225,14 @@ async fn redirects_are_passed_back_never_followed_with_the_token() {
     let c = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
+        .default_headers(
+            [(
+                reqwest::header::HeaderName::from_static(REQUEST_HEADER.0),
+                reqwest::header::HeaderValue::from_static(REQUEST_HEADER.1),
+            )]
+            .into_iter()
+            .collect(),
+        )
         .build()
         .unwrap();
     let res = c.get(format!("{}/api/x", s.url)).send().await.unwrap();
@@ -254,7 +257,7 @@ async fn absolute_form_targets_and_connect_are_refused() {
     let res = raw_request(
         &s.url,
         &format!(
-            "GET http://evil.example/api/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            "GET http://evil.example/api/x HTTP/1.1\r\nHost: {host}\r\nX-Authproxy-Request: 1\r\nConnection: close\r\n\r\n"
         ),
     )
     .await;
@@ -272,7 +275,7 @@ async fn absolute_form_targets_and_connect_are_refused() {
 async fn browsers_and_unconfigured_sidecars_get_no_proxy() {
     let (up, seen, _stop) = echo_upstream().await;
     let s = proxied_sidecar(&up, "").await;
-    let res = client()
+    let res = api_client()
         .get(format!("{}/api/x", s.url))
         .header("origin", "https://evil.example")
         .send()
@@ -282,7 +285,7 @@ async fn browsers_and_unconfigured_sidecars_get_no_proxy() {
     assert!(seen.lock().unwrap().is_empty());
 
     let plain = spawn_sidecar(Options::default()).await;
-    let (st, _, body) = call(reqwest::Method::GET, &format!("{}/api/x", plain.url), None).await;
+    let (st, _, body) = call_api(reqwest::Method::GET, &format!("{}/api/x", plain.url)).await;
     assert_eq!(st, 404);
     assert_eq!(body["error"], "not_found");
 }
@@ -341,7 +344,7 @@ async fn large_bodies_stream_through_with_flat_memory() {
     let base = d.url.clone();
     let before = peak_rss_kib(d.child.id());
 
-    let res = client()
+    let res = api_client()
         .post(format!("{base}/api/upload"))
         .body(vec![7u8; BIG])
         .send()
@@ -349,7 +352,7 @@ async fn large_bodies_stream_through_with_flat_memory() {
         .unwrap();
     assert_eq!(res.text().await.unwrap(), BIG.to_string());
 
-    let mut res = client()
+    let mut res = api_client()
         .get(format!("{base}/api/download"))
         .send()
         .await
@@ -372,4 +375,211 @@ async fn large_bodies_stream_through_with_flat_memory() {
 
 fn bytes_of(n: usize) -> axum::body::Bytes {
     axum::body::Bytes::from(vec![1u8; n])
+}
+
+/// Issue #11, item 4: what an `<img src="http://127.0.0.1:8200/api/…">` or a
+/// cross-site form sends carries Fetch Metadata; refused on every route.
+#[tokio::test]
+async fn browser_fetch_metadata_is_refused_on_every_route() {
+    let (up, seen, _stop) = echo_upstream().await;
+    let s = proxied_sidecar(&up, "").await;
+    let img = [
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-mode", "no-cors"),
+        ("sec-fetch-dest", "image"),
+    ];
+    for path in [
+        "/api/x",
+        "/oauth2/token",
+        "/healthz",
+        "/.well-known/jwks.json",
+    ] {
+        let mut r = api_client().get(format!("{}{path}", s.url));
+        for (k, v) in img {
+            r = r.header(k, v);
+        }
+        let res = r.send().await.unwrap();
+        assert_eq!(res.status(), 403, "{path}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"], "access_denied", "{path}");
+    }
+    for (site, mode) in [
+        ("same-site", "cors"),
+        ("cross-site", "cors"),
+        ("same-origin", "navigate"),
+        ("none", "navigate"),
+        ("same-origin", "no-cors"),
+    ] {
+        let res = api_client()
+            .get(format!("{}/api/x", s.url))
+            .header("sec-fetch-site", site)
+            .header("sec-fetch-mode", mode)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{site} {mode}");
+    }
+    // A cross-site form posted to the token endpoint (no Origin sent).
+    let res = post_form(&s.token_url(), "grant_type=client_credentials")
+        .header("sec-fetch-site", "cross-site")
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(seen.lock().unwrap().is_empty());
+    // What programs send passes: Node's fetch says `Sec-Fetch-Mode: cors`.
+    for (site, mode) in [
+        (None, "cors"),
+        (Some("none"), "cors"),
+        (Some("same-origin"), "cors"),
+    ] {
+        let mut r = api_client()
+            .get(format!("{}/api/x", s.url))
+            .header("sec-fetch-mode", mode);
+        if let Some(site) = site {
+            r = r.header("sec-fetch-site", site);
+        }
+        assert_eq!(r.send().await.unwrap().status(), 200, "{site:?} {mode}");
+    }
+}
+
+/// Issue #11, item 4: `/api/*` requires `X-Authproxy-Request: 1` (as cloud
+/// metadata servers require `Metadata-Flavor`): a browser cannot add it
+/// without a preflight we never approve, and SSRF primitives that fetch a
+/// URL cannot add it at all. `proxy.require_header = false` turns it off.
+#[tokio::test]
+async fn the_proxy_requires_the_request_header() {
+    let (up, seen, _stop) = echo_upstream().await;
+    let s = proxied_sidecar(&up, "").await;
+    for value in [None, Some("0"), Some("yes")] {
+        let mut r = client().get(format!("{}/api/x", s.url));
+        if let Some(v) = value {
+            r = r.header(REQUEST_HEADER.0, v);
+        }
+        let res = r.send().await.unwrap();
+        assert_eq!(res.status(), 403, "{value:?}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"], "access_denied");
+        let d = body["error_description"].as_str().unwrap();
+        assert!(d.contains("X-Authproxy-Request: 1"), "{d}");
+    }
+    assert!(seen.lock().unwrap().is_empty());
+    let (st, _, v) = call_api(reqwest::Method::GET, &format!("{}/api/x", s.url)).await;
+    assert_eq!(st, 200);
+    // The header is for the sidecar; the upstream does not see it.
+    assert!(v["headers"].get(REQUEST_HEADER.0).is_none(), "{v}");
+
+    let open = proxied_sidecar(&up, "require_header = false\n").await;
+    let res = client()
+        .get(format!("{}/api/x", open.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// Issue #11, item 7: dot segments — plain, percent-encoded, mixed — and
+/// backslashes cannot take the token out of the upstream's base path.
+/// Raw requests: an HTTP client would resolve the dots itself.
+#[tokio::test]
+async fn dot_segments_and_backslashes_cannot_leave_the_upstream_base_path() {
+    let (up, seen, _stop) = echo_upstream().await;
+    let s = proxied_sidecar(&format!("{up}/base"), "").await;
+    let host = s.url.trim_start_matches("http://").to_owned();
+    let get = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nX-Authproxy-Request: 1\r\nConnection: close\r\n\r\n"
+        )
+    };
+    for path in [
+        "/api/../admin",
+        "/api/%2e%2e/admin",
+        "/api/.%2e/admin",
+        "/api/%2E./admin",
+        "/api/..%5cadmin",
+        "/api/..%5Cadmin",
+        "/api/..\\admin",
+        "/api/a/%2E%2E/%2e%2e/admin",
+        "/api/a/b/../../../admin",
+        "/api/a%2f..%2f..%2fadmin",
+        "/api/..",
+        "/api/%2e%2e",
+        "/api/..?x=1",
+    ] {
+        let (res, _) = raw_exchange(&s.url, get(path).as_bytes(), Duration::from_secs(5)).await;
+        assert!(res.starts_with("HTTP/1.1 400"), "{path}: {res}");
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "{path} reached the upstream: {:?}",
+            seen.lock().unwrap()
+        );
+    }
+    // Inside the base path, paths still work; dots are resolved first.
+    for (path, upstream_path) in [
+        ("/api/a/b", "/base/a/b"),
+        ("/api/a/./b/", "/base/a/b/"),
+        ("/api/a/../b", "/base/b"),
+        ("/api/a/%2e%2e/b", "/base/b"),
+        ("/api", "/base"),
+    ] {
+        let (res, _) = raw_exchange(&s.url, get(path).as_bytes(), Duration::from_secs(5)).await;
+        assert!(res.starts_with("HTTP/1.1 200"), "{path}: {res}");
+        let seen = seen.lock().unwrap().pop().unwrap();
+        assert_eq!(seen["path"], upstream_path, "{path}");
+    }
+}
+
+/// Issue #11, item 10(b): like the token endpoint (400 invalid_scope), the
+/// proxy attaches no empty-scope token: a workload without authorizations
+/// gets a 403 JSON error and the upstream is not contacted.
+#[tokio::test]
+async fn a_workload_without_authorizations_gets_no_proxied_request() {
+    let (up, seen, _stop) = echo_upstream().await;
+    let s = spawn_sidecar(Options {
+        workload: "worker/web/mailer",
+        sections: proxy_to(&up),
+        ..Options::default()
+    })
+    .await;
+    let (st, _, body) = call_api(reqwest::Method::GET, &format!("{}/api/x", s.url)).await;
+    assert_eq!(st, 403, "{body}");
+    assert_eq!(body["error"], "access_denied");
+    let d = body["error_description"].as_str().unwrap();
+    assert!(
+        d.contains("worker/web/mailer declares no authorizations"),
+        "{d}"
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
+
+/// Issue #11, item 10(d): an upstream that stops sending in the middle of a
+/// body gets the client's connection cut after `proxy.idle_timeout`.
+#[tokio::test]
+async fn a_stalled_upstream_body_is_cut_after_the_idle_timeout() {
+    let stalling = Router::new().fallback(|| async {
+        let first = futures_util::stream::once(async {
+            Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"first chunk"))
+        });
+        Body::from_stream(first.chain(futures_util::stream::pending()))
+    });
+    let (up, _stop) = serve(stalling).await;
+    let s = proxied_sidecar(&up, "idle_timeout = \"1s\"\n").await;
+    let mut res = api_client()
+        .get(format!("{}/api/stall", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(&res.chunk().await.unwrap().unwrap()[..], b"first chunk");
+    let started = std::time::Instant::now();
+    let rest = tokio::time::timeout(Duration::from_secs(5), res.chunk())
+        .await
+        .expect("the stalled body was never cut");
+    assert!(rest.is_err(), "the body ended as if complete: {rest:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
 }

@@ -124,7 +124,7 @@ async fn discovery_and_probes_answer() {
         .json()
         .await
         .unwrap();
-    assert_eq!(m["issuer"], "urn:authproxy:test");
+    assert_eq!(m["issuer"], s.url);
     assert_eq!(m["token_endpoint"], format!("{}/oauth2/token", s.url));
     assert_eq!(m["jwks_uri"], format!("{}/.well-known/jwks.json", s.url));
     assert_eq!(
@@ -226,8 +226,10 @@ async fn a_body_that_is_not_a_form_is_an_invalid_request() {
     assert_eq!(body["error"], "invalid_request");
 }
 
+/// Issue #11, item 13: a wrong method gets the same JSON error body as
+/// every other refusal, and `Allow: POST`.
 #[tokio::test]
-async fn only_post_is_allowed() {
+async fn only_post_is_allowed_and_other_methods_get_a_json_405() {
     let s = spawn_sidecar(Options::default()).await;
     for m in [
         reqwest::Method::GET,
@@ -240,6 +242,17 @@ async fn only_post_is_allowed() {
             .await
             .unwrap();
         assert_eq!(res.status(), 405, "{m}");
+        assert_eq!(
+            res.headers().get("allow").map(|v| v.to_str().unwrap()),
+            Some("POST"),
+            "{m}"
+        );
+        let text = res.text().await.unwrap();
+        let body: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{m}: body {text:?} is not JSON: {e}"));
+        assert_eq!(body["error"], "invalid_request", "{m}");
+        let d = body["error_description"].as_str().unwrap();
+        assert!(d.contains("POST"), "{m}: {d}");
     }
 }
 
@@ -451,7 +464,7 @@ async fn a_remote_peer_gets_no_token_unless_configured() {
     use tower::ServiceExt as _;
     let s = spawn_sidecar(Options::default()).await;
     let remote: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
-    let app = authproxy::server::router(s.daemon.services(), &s.url).layer(MockConnectInfo(remote));
+    let app = authproxy::server::router(s.daemon.services()).layer(MockConnectInfo(remote));
     let req = || {
         axum::http::Request::post("/oauth2/token")
             .header("content-type", "application/x-www-form-urlencoded")
@@ -466,7 +479,86 @@ async fn a_remote_peer_gets_no_token_unless_configured() {
         ..Options::default()
     })
     .await;
-    let app =
-        authproxy::server::router(open.daemon.services(), &open.url).layer(MockConnectInfo(remote));
+    let app = authproxy::server::router(open.daemon.services()).layer(MockConnectInfo(remote));
     assert_eq!(app.oneshot(req()).await.unwrap().status(), 200);
+}
+
+/// Issue #11, item 4: `server.require_header = true` (opt-in) makes the
+/// token endpoint require `X-Authproxy-Request: 1` too.
+#[tokio::test]
+async fn the_token_endpoint_requires_the_request_header_when_configured() {
+    let s = spawn_sidecar(Options {
+        server_extra: "require_header = true",
+        ..Options::default()
+    })
+    .await;
+    let res = post_form(&s.token_url(), "grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "access_denied");
+    let d = body["error_description"].as_str().unwrap();
+    assert!(d.contains("X-Authproxy-Request: 1"), "{d}");
+    let res = post_form(&s.token_url(), "grant_type=client_credentials")
+        .header(REQUEST_HEADER.0, REQUEST_HEADER.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// Issue #11, item 12: RFC 8414 — the metadata's issuer is the origin the
+/// client discovered it at (stock clients such as openid-client compare
+/// them), and the endpoints are on that origin, never a wildcard address.
+#[tokio::test]
+async fn metadata_urls_are_the_ones_the_caller_reached() {
+    let s = spawn_sidecar(Options::default()).await;
+    let port = s.url.rsplit(':').next().unwrap().to_owned();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let m: serde_json::Value = client()
+            .get(format!("{}/.well-known/oauth-authorization-server", s.url))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let base = format!("http://{host}");
+        assert_eq!(m["issuer"], base, "{m}");
+        assert_eq!(m["token_endpoint"], format!("{base}/oauth2/token"), "{m}");
+        assert_eq!(
+            m["jwks_uri"],
+            format!("{base}/.well-known/jwks.json"),
+            "{m}"
+        );
+    }
+}
+
+/// Issue #11, item 12: bound to a wildcard, the metadata still names the
+/// address the caller used, never `0.0.0.0`.
+#[tokio::test]
+async fn metadata_never_advertises_a_wildcard_address() {
+    let s = spawn_sidecar(Options {
+        bind: "0.0.0.0:0",
+        ..Options::default()
+    })
+    .await;
+    let text = client()
+        .get(format!("{}/.well-known/oauth-authorization-server", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("0.0.0.0"), "{text}");
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(m["token_endpoint"], format!("{}/oauth2/token", s.url));
 }

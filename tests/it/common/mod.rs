@@ -27,6 +27,9 @@ pub struct Options<'a> {
     pub sections: &'a str,
     /// Share a state dir (and so a root key) with another sidecar.
     pub state_dir: Option<PathBuf>,
+    /// The address the in-process sidecar binds (`url` uses 127.0.0.1
+    /// when it is a wildcard).
+    pub bind: &'a str,
 }
 
 impl Default for Options<'_> {
@@ -40,6 +43,7 @@ impl Default for Options<'_> {
             server_extra: "",
             sections: "",
             state_dir: None,
+            bind: "127.0.0.1:0",
         }
     }
 }
@@ -104,10 +108,15 @@ pub async fn spawn_sidecar(o: Options<'_>) -> TestSidecar {
     let config = Config::load_with_env(&config_path, Some(Default::default())).unwrap();
     let state_dir = config.trust.state_dir.clone();
     let daemon = Arc::new(SidecarDaemon::start(config, now()).await.unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let listener = tokio::net::TcpListener::bind(o.bind).await.unwrap();
+    let bound = listener.local_addr().unwrap();
+    let url = if bound.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", bound.port())
+    } else {
+        format!("http://{bound}")
+    };
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(Arc::clone(&daemon).run(listener, async move {
+    tokio::spawn(Arc::clone(&daemon).run(vec![listener], async move {
         let _ = rx.await;
     }));
     TestSidecar {
@@ -252,7 +261,16 @@ pub async fn call(
     url: &str,
     token: Option<&str>,
 ) -> (u16, Option<String>, serde_json::Value) {
-    let mut r = client().request(method, url);
+    call_with(client(), method, url, token).await
+}
+
+async fn call_with(
+    client: reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+) -> (u16, Option<String>, serde_json::Value) {
+    let mut r = client.request(method, url);
     if let Some(t) = token {
         r = r.bearer_auth(t);
     }
@@ -264,6 +282,63 @@ pub async fn call(
         .map(|v| v.to_str().unwrap().to_owned());
     let body = res.json().await.unwrap_or(serde_json::Value::Null);
     (status, www, body)
+}
+
+/// The header `/api/*` requires (`proxy.require_header`).
+pub const REQUEST_HEADER: (&str, &str) = ("x-authproxy-request", "1");
+
+/// A client that sends [`REQUEST_HEADER`] on every request: what code
+/// using the forward proxy does.
+pub fn api_client() -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        REQUEST_HEADER.0,
+        reqwest::header::HeaderValue::from_static(REQUEST_HEADER.1),
+    );
+    reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
+/// As [`call`], through the forward proxy: sends [`REQUEST_HEADER`], no token.
+pub async fn call_api(
+    method: reqwest::Method,
+    url: &str,
+) -> (u16, Option<String>, serde_json::Value) {
+    call_with(api_client(), method, url, None).await
+}
+
+/// Reads until EOF or `limit`; returns what arrived and whether the server closed.
+pub async fn read_all(stream: &mut tokio::net::TcpStream, limit: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+        }
+    }
+}
+
+/// Sends `request` as is on a new connection to `url`'s address and reads
+/// the answer for at most `limit`; returns it and whether the server closed.
+pub async fn raw_exchange(url: &str, request: &[u8], limit: Duration) -> (String, bool) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut c = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    c.write_all(request).await.unwrap();
+    read_all(&mut c, limit).await
 }
 
 /// A loopback address where nothing listens (bound, then released).
@@ -311,6 +386,12 @@ impl Drop for Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, format: &str, rust_log: &str) -> Self {
+        Self::start_with(config, format, rust_log, &[])
+    }
+
+    /// As [`Daemon::start`], with extra environment (which may override the
+    /// listen address; `url` is then the first address it logs).
+    pub fn start_with(config: &Path, format: &str, rust_log: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_authproxy"))
             .args([
                 "serve",
@@ -322,6 +403,7 @@ impl Daemon {
             .env("AUTHPROXY__SERVER__LISTEN", "127.0.0.1:0")
             // At least `info`: the "listening" line tells the address.
             .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -341,7 +423,7 @@ impl Daemon {
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| panic!("daemon did not start: {startup_log:#?}"));
             let listening = line.contains("sidecar listening");
-            let url = listening.then(|| format!("http://{}", listen_addr(&line)));
+            let url = listening.then(|| format!("http://{}", logged_addr(&line)));
             startup_log.push(line);
             if let Some(url) = url {
                 break url;
@@ -406,6 +488,14 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// The address in a text-format "listening" log line (`listen=ADDR`).
+pub fn logged_addr(line: &str) -> String {
+    match line.split_once("listen=") {
+        Some((_, rest)) => rest.split_whitespace().next().unwrap().to_owned(),
+        None => listen_addr(line),
     }
 }
 

@@ -17,6 +17,12 @@ use axum::response::{IntoResponse, Response};
 
 use crate::config::ProxyConfig;
 
+mod idle;
+mod path;
+
+pub use idle::BodyIdle;
+pub use path::confine_path;
+
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -28,6 +34,11 @@ pub enum ProxyError {
     /// Return `404 Not Found`: `[proxy]` is not configured.
     #[error("proxy mode is not configured on this sidecar")]
     NotConfigured,
+    /// Return `403 Forbidden`, `access_denied`: the workload declares no
+    /// authorizations, so there is no token to attach (the token endpoint
+    /// answers `invalid_scope` for the same reason).
+    #[error("{0} declares no authorizations, so the proxy has no token to attach")]
+    NoAuthorizations(String),
     /// Return `503 Service Unavailable`: no token could be minted.
     #[error("no token: {0}")]
     NoToken(#[source] authproxy_core::token::MintError),
@@ -44,6 +55,7 @@ impl IntoResponse for ProxyError {
         let (status, code) = match &self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::NotConfigured => (StatusCode::NOT_FOUND, "not_found"),
+            Self::NoAuthorizations(_) => (StatusCode::FORBIDDEN, "access_denied"),
             Self::NoToken(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Self::Unreachable(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
@@ -53,12 +65,19 @@ impl IntoResponse for ProxyError {
     }
 }
 
+/// The header a request to `/api/*` must carry, with the value `1`
+/// (`proxy.require_header`); it is addressed to the sidecar and not
+/// forwarded.
+pub const REQUEST_HEADER: HeaderName = HeaderName::from_static("x-authproxy-request");
+
 /// The forward proxy of one sidecar.
 #[derive(Debug)]
 pub struct Proxy {
     client: reqwest::Client,
     upstream: reqwest::Url,
     timeout: Duration,
+    idle_timeout: Duration,
+    require_header: bool,
 }
 
 /// RFC 9110 §7.6.1 hop-by-hop headers, plus the proxy-only ones.
@@ -109,16 +128,39 @@ impl Proxy {
             client,
             upstream: config.upstream.clone(),
             timeout: config.timeout,
+            idle_timeout: config.idle_timeout,
+            require_header: config.require_header,
         })
     }
 
+    /// Whether requests must carry [`REQUEST_HEADER`] (`proxy.require_header`).
+    pub fn requires_header(&self) -> bool {
+        self.require_header
+    }
+
     /// The target URL for a request path under `/api` (and its query).
-    fn target(&self, rest: &str, query: Option<&str>) -> String {
+    fn target(&self, rest: &str, query: Option<&str>) -> Result<reqwest::Url, ProxyError> {
+        let rest = confine_path(rest).map_err(ProxyError::BadRequest)?;
         let base = self.upstream.as_str().trim_end_matches('/');
-        match query {
+        let url = match query {
             Some(q) => format!("{base}{rest}?{q}"),
             None => format!("{base}{rest}"),
+        };
+        let parsed = reqwest::Url::parse(&url)
+            .map_err(|_| ProxyError::BadRequest("the path does not form a valid upstream URL"))?;
+        // Defence in depth: whatever the path, the token goes to the
+        // configured origin, under its base path, and nowhere else.
+        let base_path = self.upstream.path().trim_end_matches('/');
+        let under_base = parsed
+            .path()
+            .strip_prefix(base_path)
+            .is_some_and(|after| after.is_empty() || after.starts_with('/'));
+        if parsed.origin() != self.upstream.origin() || !under_base {
+            return Err(ProxyError::BadRequest(
+                "the path leaves the upstream's base path",
+            ));
         }
+        Ok(parsed)
     }
 
     /// Forwards `req` (whose path starts with `/api`) with `authorization`
@@ -141,20 +183,12 @@ impl Proxy {
         }
         let path = parts.uri.path();
         let rest = path.strip_prefix("/api").unwrap_or(path);
-        let url = self.target(rest, parts.uri.query());
-        // Defence in depth: whatever the path, the token goes to the
-        // configured origin and nowhere else.
-        let parsed = reqwest::Url::parse(&url)
-            .map_err(|_| ProxyError::BadRequest("the path does not form a valid upstream URL"))?;
-        if parsed.origin() != self.upstream.origin() {
-            return Err(ProxyError::BadRequest(
-                "the path leaves the upstream origin",
-            ));
-        }
+        let parsed = self.target(rest, parts.uri.query())?;
 
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         headers.remove(header::HOST);
+        headers.remove(REQUEST_HEADER);
         headers.remove(header::AUTHORIZATION);
         headers.insert(header::AUTHORIZATION, authorization);
 
@@ -171,6 +205,7 @@ impl Proxy {
         let mut response: axum::http::Response<reqwest::Body> = response.into();
         strip_hop_by_hop(response.headers_mut());
         let (parts, body) = response.into_parts();
+        let body = idle::IdleTimeout::new(body, self.idle_timeout);
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 }
