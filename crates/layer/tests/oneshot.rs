@@ -405,3 +405,31 @@ async fn an_authorizer_needs_keys_an_audience_and_an_environment() {
         Err(BuildError::Environment(_))
     ));
 }
+
+// #11 item 1: a path value that is not a name must never be echoed into
+// `WWW-Authenticate`: `"` would close the scope and add auth-params.
+#[tokio::test]
+async fn a_path_parameter_cannot_inject_into_the_challenge() {
+    let chain = Chain::main("env:view task:operate:send-report");
+    let app = app(&chain.authorizer().await);
+    let token = chain.token("env:view task:operate:send-report");
+    let res = send(
+        app,
+        request(
+            Method::POST,
+            "/tasks/x%22,%20error=%22invalid_token/runs",
+            &[&bearer(&token)],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // The route's requirement is named, not the value.
+    assert_eq!(
+        challenge(&res),
+        "Bearer error=\"insufficient_scope\", scope=\"task:operate:{name}\""
+    );
+    let body = error_body(res).await;
+    assert_eq!(body["error"], "insufficient_scope");
+    assert_eq!(body["scope"], "task:operate:{name}");
+    assert!(!body.to_string().contains("invalid_token"), "{body}");
+}
