@@ -13,6 +13,8 @@ use authproxy_core::shared::Shared;
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 64 * 1024;
+/// Why a document over [`MAX_JWKS_BYTES`] is refused.
+const TOO_LARGE: &str = "JWKS document too large (over 64 KiB)";
 
 /// Why a key set could not be obtained.
 #[derive(Debug, thiserror::Error)]
@@ -206,7 +208,7 @@ impl KeyStore {
         let set: Jwks = match &self.source {
             KeySource::Static(set) => set.clone(),
             KeySource::File(path) => {
-                let bytes = tokio::fs::read(path)
+                let bytes = read_file_capped(path)
                     .await
                     .map_err(|e| fetch_err(e.to_string()))?;
                 parse_jwks(&bytes).map_err(fetch_err)?
@@ -216,7 +218,7 @@ impl KeyStore {
                     .client
                     .as_ref()
                     .ok_or_else(|| fetch_err("no HTTP client".into()))?;
-                let res = client
+                let mut res = client
                     .get(url)
                     .send()
                     .await
@@ -228,9 +230,18 @@ impl KeyStore {
                     .content_length()
                     .is_some_and(|l| l > MAX_JWKS_BYTES as u64)
                 {
-                    return Err(fetch_err("JWKS document too large".into()));
+                    return Err(fetch_err(TOO_LARGE.into()));
                 }
-                let bytes = res.bytes().await.map_err(|e| fetch_err(e.to_string()))?;
+                // Content-Length may be absent (chunked) or a lie: read
+                // chunk by chunk and stop at the cap, so a hostile or broken
+                // JWKS URL cannot make us buffer an endless body (#11 item 5).
+                let mut bytes = Vec::new();
+                while let Some(chunk) = res.chunk().await.map_err(|e| fetch_err(e.to_string()))? {
+                    if bytes.len() + chunk.len() > MAX_JWKS_BYTES {
+                        return Err(fetch_err(TOO_LARGE.into()));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
                 parse_jwks(&bytes).map_err(fetch_err)?
             }
         };
@@ -242,9 +253,22 @@ impl KeyStore {
     }
 }
 
+/// Reads at most `MAX_JWKS_BYTES + 1` bytes of a file: one byte more than
+/// allowed is enough to refuse it, and a "file" without end (`/dev/zero`, a
+/// FIFO fed forever) cannot exhaust memory (#11 item 5).
+async fn read_file_capped(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let file = tokio::fs::File::open(path).await?;
+    let mut bytes = Vec::new();
+    file.take(MAX_JWKS_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await?;
+    Ok(bytes)
+}
+
 fn parse_jwks(bytes: &[u8]) -> Result<Jwks, String> {
     if bytes.len() > MAX_JWKS_BYTES {
-        return Err("JWKS document too large".into());
+        return Err(TOO_LARGE.into());
     }
     Jwks::from_json(bytes).map_err(|e| format!("not a JWKS document: {e}"))
 }
@@ -318,6 +342,101 @@ mod tests {
         assert!(Jwks::from_json(&bytes).is_ok());
         std::fs::write(&path, &bytes).unwrap();
         match open_file(&path, HOUR).await {
+            Err(JwksError::Fetch { message, .. }) => {
+                assert!(message.contains("too large"), "{message}");
+            }
+            other => panic!(
+                "expected a size error, got {:?}",
+                other.map(|s| s.current())
+            ),
+        }
+    }
+
+    /// Bytes a hostile JWKS server writes at most before giving up — far
+    /// beyond the cap, so that a client that buffers shows it.
+    const HOSTILE_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+    /// A raw HTTP/1.1 server answering every request with a chunked body
+    /// (no Content-Length) that never ends: chunks until the client goes
+    /// away or HOSTILE_BODY_LIMIT bytes are out, then holds the connection
+    /// open. Returns its URL and the bytes it managed to write.
+    async fn endless_jwks_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let w = Arc::clone(&written);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let w = Arc::clone(&w);
+                tokio::spawn(async move {
+                    let mut head = [0u8; 4096];
+                    let _ = conn.read(&mut head).await;
+                    let start = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                 transfer-encoding: chunked\r\n\r\n";
+                    if conn.write_all(start.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    // `{"keys":[` then whitespace forever: valid JSON so far.
+                    let mut chunk = format!("{:x}\r\n{{\"keys\":[\r\n", 9).into_bytes();
+                    let filler = vec![b' '; 16 * 1024];
+                    loop {
+                        if conn.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                        let n = w.fetch_add(chunk.len(), std::sync::atomic::Ordering::SeqCst);
+                        if n + chunk.len() >= HOSTILE_BODY_LIMIT {
+                            break;
+                        }
+                        chunk = format!("{:x}\r\n", filler.len()).into_bytes();
+                        chunk.extend_from_slice(&filler);
+                        chunk.extend_from_slice(b"\r\n");
+                    }
+                    // Never finish the body: a buffering client waits for
+                    // its own timeout.
+                    std::future::pending::<()>().await;
+                });
+            }
+        });
+        (url, written)
+    }
+
+    // #11 item 5: a hostile JWKS URL streams a body without end; the fetch
+    // stops reading at the cap instead of buffering it.
+    #[tokio::test]
+    async fn an_endless_jwks_url_body_is_refused_at_the_cap_without_buffering_it() {
+        let (url, written) = endless_jwks_server().await;
+        let opened = tokio::time::timeout(
+            Duration::from_secs(60),
+            KeyStore::open(KeySource::Url(url), HOUR),
+        )
+        .await
+        .expect("the fetch must end");
+        // The server could only push what the socket buffers hold beyond
+        // the cap before the client hung up.
+        let out = written.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(out < HOSTILE_BODY_LIMIT, "the client read {out} bytes");
+        match opened {
+            Err(JwksError::Fetch { message, .. }) => {
+                assert!(message.contains("too large"), "{message}");
+            }
+            other => panic!(
+                "expected a size error, got {:?}",
+                other.map(|s| s.current())
+            ),
+        }
+    }
+
+    // #11 item 5: a JWKS "file" that never ends is read up to the cap only.
+    #[tokio::test]
+    async fn a_jwks_file_that_never_ends_is_refused_at_the_cap() {
+        let opened = tokio::time::timeout(
+            Duration::from_secs(60),
+            open_file(Path::new("/dev/zero"), HOUR),
+        )
+        .await
+        .expect("the read must end");
+        match opened {
             Err(JwksError::Fetch { message, .. }) => {
                 assert!(message.contains("too large"), "{message}");
             }
