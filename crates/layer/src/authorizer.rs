@@ -91,13 +91,21 @@ impl AuthorizerBuilder {
     }
 
     /// Trust the root keys served at this JWKS URL (fetched at build,
-    /// refreshed periodically and on unknown `kid`).
+    /// refreshed periodically and on unknown `kid`; at most 64 KiB).
+    ///
+    /// A fetch adds new keys at once, but a key already trusted is dropped
+    /// only after it has been missing from
+    /// [`ROOT_KEY_DROP_AFTER_REFRESHES`](crate::ROOT_KEY_DROP_AFTER_REFRESHES)
+    /// (3) consecutive scheduled refreshes: whoever answers at the URL for a
+    /// moment cannot take the real roots away. Fetches caused by unknown
+    /// `kid`s never drop a key.
     pub fn jwks_url(mut self, url: impl Into<String>) -> Self {
         self.source = Some(KeySource::Url(url.into()));
         self
     }
 
-    /// Trust the root keys in this JWKS file (re-read like a URL).
+    /// Trust the root keys in this JWKS file (re-read like a URL, with the
+    /// same rule for dropping keys; at most 64 KiB).
     pub fn jwks_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.source = Some(KeySource::File(path.into()));
         self
@@ -128,7 +136,12 @@ impl AuthorizerBuilder {
         self
     }
 
-    /// Period of JWKS refreshes (default 5 min).
+    /// Period of JWKS refreshes (default 5 min). A root key removed from the
+    /// JWKS stops being trusted after
+    /// [`ROOT_KEY_DROP_AFTER_REFRESHES`](crate::ROOT_KEY_DROP_AFTER_REFRESHES)
+    /// refreshes (15 min by default). Zero disables the refresh: new keys
+    /// still arrive on unknown `kid`s, but no key is ever dropped until the
+    /// upstream restarts.
     pub fn refresh_interval(mut self, every: Duration) -> Self {
         self.refresh_interval = every;
         self

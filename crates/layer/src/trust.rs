@@ -1,8 +1,10 @@
 //! Where an upstream's trusted root keys come from: keys in memory, a JWKS
 //! file, or a JWKS URL — with periodic refresh, refetch on an unknown `kid`
 //! (single-flight, at most once per interval), and stale keys kept when a
-//! fetch fails.
+//! fetch fails. A fetch adds keys at once but drops a trusted key only
+//! after [`ROOT_KEY_DROP_AFTER_REFRESHES`] scheduled refreshes without it.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +17,23 @@ use authproxy_core::shared::Shared;
 const MAX_JWKS_BYTES: usize = 64 * 1024;
 /// Why a document over [`MAX_JWKS_BYTES`] is refused.
 const TOO_LARGE: &str = "JWKS document too large (over 64 KiB)";
+
+/// A trusted root key is dropped once it has been missing from this many
+/// consecutive successful scheduled refreshes of a JWKS file or URL (with
+/// the default 5-minute refresh interval: after 15 minutes). Keys new to
+/// the JWKS are trusted at once.
+///
+/// The JWKS is a trust anchor: without this, one answer from whoever serves
+/// it (a process squatting the sidecar's port after a restart, a hijacked
+/// route) would replace the real roots. Fetches caused by requests (an
+/// unknown `kid`, stale keys) add keys but never count a miss, so whoever
+/// can send tokens cannot hurry a drop along.
+pub const ROOT_KEY_DROP_AFTER_REFRESHES: u32 = 3;
+
+/// Most root keys trusted at once. Keys are kept across fetches now, so a
+/// hostile JWKS serving fresh keys on every unknown-`kid` refetch could
+/// otherwise grow the set without bound; real sets hold a handful.
+const MAX_TRUSTED_KEYS: usize = 512;
 
 /// Why a key set could not be obtained.
 #[derive(Debug, thiserror::Error)]
@@ -54,13 +73,32 @@ impl KeySource {
     }
 }
 
+/// What successive fetches share, under the single-flight lock.
+#[derive(Debug, Default)]
+struct FetchState {
+    /// When a request (unknown `kid`, stale keys) last caused a fetch.
+    last_on_demand: Option<Instant>,
+    /// Trusted kids missing from the last scheduled refreshes, with the
+    /// number of consecutive misses.
+    missing: HashMap<String, u32>,
+}
+
+/// Why keys are fetched: only the scheduled refresh may drop a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// The periodic refresh.
+    Scheduled,
+    /// Build, an unknown `kid` or stale keys.
+    OnDemand,
+}
+
 /// The trusted root keys and how to refresh them.
 pub(crate) struct KeyStore {
     source: KeySource,
     client: Option<reqwest::Client>,
     keys: Shared<RootKeys>,
-    /// Serialises fetches (single-flight) and remembers the last attempt.
-    refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Serialises fetches (single-flight); what they share.
+    fetches: tokio::sync::Mutex<FetchState>,
     min_refetch_interval: Duration,
     /// Unix time of the last successful fetch.
     fetched_at: std::sync::atomic::AtomicU64,
@@ -94,12 +132,18 @@ impl KeyStore {
             source,
             client,
             keys: Shared::new(RootKeys::new()),
-            refetch: tokio::sync::Mutex::new(None),
+            fetches: tokio::sync::Mutex::new(FetchState::default()),
             min_refetch_interval,
             fetched_at: std::sync::atomic::AtomicU64::new(0),
             stale_logged_at: std::sync::atomic::AtomicU64::new(0),
         };
         let keys = store.fetch().await?;
+        let keys = merge(
+            &RootKeys::new(),
+            keys,
+            &mut HashMap::new(),
+            Trigger::OnDemand,
+        );
         store.replace(keys);
         // The build fetch does not count against the unknown-kid interval:
         // a root rotated just after start is picked up on its first use.
@@ -142,12 +186,15 @@ impl KeyStore {
 
     /// Refetches (rate-limited like unknown kids) because the keys are stale.
     pub(crate) async fn refetch_if_allowed(&self) -> bool {
-        let mut last = self.refetch.lock().await;
-        if last.is_some_and(|t| t.elapsed() < self.min_refetch_interval) {
+        let mut state = self.fetches.lock().await;
+        if state
+            .last_on_demand
+            .is_some_and(|t| t.elapsed() < self.min_refetch_interval)
+        {
             return false;
         }
-        *last = Some(Instant::now());
-        self.refresh_locked().await
+        state.last_on_demand = Some(Instant::now());
+        self.refresh_locked(&mut state, Trigger::OnDemand).await
     }
 
     fn replace(&self, keys: RootKeys) {
@@ -159,33 +206,39 @@ impl KeyStore {
     /// Refetches because a token named an unknown root `kid`. Concurrent
     /// callers wait for one fetch; and whatever the number of unknown kids
     /// presented, the source is hit at most once per `min_refetch_interval`,
-    /// so a flood of forged kids cannot turn into a fetch storm.
-    /// Returns true when the keys changed.
+    /// so a flood of forged kids cannot turn into a fetch storm. Such a
+    /// fetch adds keys but never drops one (see [`merge`]).
+    /// Returns true when the keys may have changed.
     pub(crate) async fn refetch_for_unknown_kid(&self, seen: &Arc<RootKeys>) -> bool {
         if !self.is_refreshable() {
             return false;
         }
-        let mut last = self.refetch.lock().await;
+        let mut state = self.fetches.lock().await;
         if !Arc::ptr_eq(seen, &self.current()) {
             return true; // someone refreshed while we waited
         }
-        if last.is_some_and(|t| t.elapsed() < self.min_refetch_interval) {
+        if state
+            .last_on_demand
+            .is_some_and(|t| t.elapsed() < self.min_refetch_interval)
+        {
             return false;
         }
-        *last = Some(Instant::now());
-        self.refresh_locked().await
+        state.last_on_demand = Some(Instant::now());
+        self.refresh_locked(&mut state, Trigger::OnDemand).await
     }
 
     /// Periodic refresh (single-flight with refetches; it does not reset
-    /// the unknown-kid interval).
+    /// the unknown-kid interval). The only fetch that counts a trusted key
+    /// missing towards [`ROOT_KEY_DROP_AFTER_REFRESHES`].
     pub(crate) async fn refresh(&self) -> bool {
-        let _guard = self.refetch.lock().await;
-        self.refresh_locked().await
+        let mut state = self.fetches.lock().await;
+        self.refresh_locked(&mut state, Trigger::Scheduled).await
     }
 
-    async fn refresh_locked(&self) -> bool {
+    async fn refresh_locked(&self, state: &mut FetchState, trigger: Trigger) -> bool {
         match self.fetch().await {
-            Ok(keys) => {
+            Ok(fetched) => {
+                let keys = merge(&self.current(), fetched, &mut state.missing, trigger);
                 tracing::debug!(source = %self.source.name(), keys = keys.len(), "root keys refreshed");
                 self.replace(keys);
                 true
@@ -251,6 +304,62 @@ impl KeyStore {
         }
         Ok(keys)
     }
+}
+
+/// The keys to trust after a successful fetch of `fetched` (#11 item 2a;
+/// why: [`ROOT_KEY_DROP_AFTER_REFRESHES`]).
+///
+/// A key new to the set is trusted at once, so a rotated root works on its
+/// first unknown `kid`. A trusted key missing from `fetched` stays until a
+/// scheduled refresh has missed it `ROOT_KEY_DROP_AFTER_REFRESHES` times in
+/// a row; seeing it again starts the count over. A key is present only with
+/// the same material under the same `kid`: while a key is trusted its `kid`
+/// cannot be rebound to another key (that would be a drop at once).
+fn merge(
+    current: &RootKeys,
+    fetched: RootKeys,
+    missing: &mut HashMap<String, u32>,
+    trigger: Trigger,
+) -> RootKeys {
+    let mut next = RootKeys::with_capacity(current.len().max(fetched.len()));
+    let mut still_missing = HashMap::new();
+    for (kid, key) in current {
+        let present = fetched
+            .get(kid)
+            .is_some_and(|k| k.thumbprint() == key.thumbprint());
+        let before = missing.get(kid).copied().unwrap_or(0);
+        let misses = match (present, trigger) {
+            (true, _) => 0,
+            (false, Trigger::Scheduled) => before + 1,
+            (false, Trigger::OnDemand) => before,
+        };
+        if misses >= ROOT_KEY_DROP_AFTER_REFRESHES {
+            tracing::info!(%kid, misses, "root key dropped: missing from the JWKS");
+            continue;
+        }
+        if misses > 0 {
+            tracing::debug!(%kid, misses, "trusted root key missing from the JWKS; kept");
+            still_missing.insert(kid.clone(), misses);
+        }
+        next.insert(kid.clone(), key.clone());
+    }
+    for (kid, key) in fetched {
+        match next.get(&kid) {
+            Some(held) if held.thumbprint() != key.thumbprint() => {
+                tracing::warn!(%kid, "the JWKS binds a trusted kid to another key; keeping the trusted one");
+            }
+            Some(_) => {}
+            None if next.len() >= MAX_TRUSTED_KEYS => {
+                tracing::warn!(%kid, limit = MAX_TRUSTED_KEYS, "too many root keys; new key ignored");
+            }
+            None => {
+                tracing::info!(%kid, "root key added");
+                next.insert(kid, key);
+            }
+        }
+    }
+    *missing = still_missing;
+    next
 }
 
 /// Reads at most `MAX_JWKS_BYTES + 1` bytes of a file: one byte more than
@@ -350,6 +459,126 @@ mod tests {
                 other.map(|s| s.current())
             ),
         }
+    }
+
+    /// How many scheduled refreshes must miss a key before it goes (the
+    /// tests name the number, so that changing it is a visible decision).
+    const DROP_AFTER: u32 = 3;
+
+    // #11 item 2a: a JWKS fetch may add keys at once, but removes a trusted
+    // key only after it has been missing from DROP_AFTER consecutive refreshes.
+    #[tokio::test]
+    async fn a_key_missing_from_fewer_than_n_refreshes_stays_trusted_then_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (a, b) = (key(), key());
+        write_jwks(&path, &[&a, &b]);
+        let store = open_file(&path, HOUR).await.unwrap();
+
+        write_jwks(&path, &[&b]);
+        for missed in 1..DROP_AFTER {
+            assert!(store.refresh().await);
+            assert!(
+                store.current().contains_key(a.public().thumbprint()),
+                "dropped after {missed} refresh(es)"
+            );
+        }
+        assert!(store.refresh().await);
+        let keys = store.current();
+        assert!(!keys.contains_key(a.public().thumbprint()));
+        assert!(keys.contains_key(b.public().thumbprint()));
+    }
+
+    #[tokio::test]
+    async fn a_new_key_is_trusted_at_once_and_the_old_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (old, new) = (key(), key());
+        write_jwks(&path, &[&old]);
+        let store = open_file(&path, Duration::ZERO).await.unwrap();
+
+        // A set that replaces `old` by `new`: `new` at once, `old` kept.
+        write_jwks(&path, &[&new]);
+        assert!(store.refetch_for_unknown_kid(&store.current()).await);
+        let keys = store.current();
+        assert!(keys.contains_key(new.public().thumbprint()));
+        assert!(keys.contains_key(old.public().thumbprint()));
+    }
+
+    #[tokio::test]
+    async fn a_key_seen_again_starts_its_count_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (a, b) = (key(), key());
+        write_jwks(&path, &[&a, &b]);
+        let store = open_file(&path, HOUR).await.unwrap();
+        for _ in 1..DROP_AFTER {
+            write_jwks(&path, &[&b]);
+            assert!(store.refresh().await);
+        }
+        write_jwks(&path, &[&a, &b]);
+        assert!(store.refresh().await);
+        // Missing again: the earlier misses no longer count.
+        write_jwks(&path, &[&b]);
+        for _ in 1..DROP_AFTER {
+            assert!(store.refresh().await);
+        }
+        assert!(store.current().contains_key(a.public().thumbprint()));
+    }
+
+    // The attack of #11 item 2a: whoever serves the JWKS after a restart
+    // presents tokens with unknown kids, each forcing a refetch of a set
+    // without the real root. Those refetches never drop a key; only the
+    // scheduled refresh counts misses, so the attacker cannot speed it up.
+    #[tokio::test]
+    async fn unknown_kid_refetches_never_drop_a_trusted_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (real, impostor) = (key(), key());
+        write_jwks(&path, &[&real]);
+        let store = open_file(&path, Duration::ZERO).await.unwrap();
+        write_jwks(&path, &[&impostor]);
+        for _ in 0..(DROP_AFTER * 4) {
+            assert!(store.refetch_for_unknown_kid(&store.current()).await);
+        }
+        assert!(store.current().contains_key(real.public().thumbprint()));
+    }
+
+    #[tokio::test]
+    async fn a_trusted_kid_cannot_be_rebound_to_another_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (real, impostor) = (key(), key());
+        write_jwks(&path, &[&real]);
+        let store = open_file(&path, Duration::ZERO).await.unwrap();
+        // The impostor's key published under the real key's kid.
+        let mut jwk = serde_json::to_value(impostor.public().published_jwk()).unwrap();
+        jwk["kid"] = serde_json::json!(real.public().thumbprint());
+        let doc = serde_json::json!({ "keys": [jwk] });
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        assert!(store.refetch_for_unknown_kid(&store.current()).await);
+        let keys = store.current();
+        let held = keys.get(real.public().thumbprint()).unwrap();
+        assert_eq!(held.thumbprint(), real.public().thumbprint());
+    }
+
+    // Keys now outlive the fetch that brought them: a hostile JWKS with
+    // fresh keys on every refetch must not grow the set without bound.
+    #[tokio::test]
+    async fn the_trusted_set_is_bounded_however_many_keys_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let first = key();
+        write_jwks(&path, &[&first]);
+        let store = open_file(&path, Duration::ZERO).await.unwrap();
+        for _ in 0..2 {
+            let batch: Vec<SigningKey> = (0..300).map(|_| key()).collect();
+            write_jwks(&path, &batch.iter().collect::<Vec<_>>());
+            assert!(store.refetch_for_unknown_kid(&store.current()).await);
+        }
+        let keys = store.current();
+        assert_eq!(keys.len(), MAX_TRUSTED_KEYS);
+        assert!(keys.contains_key(first.public().thumbprint()));
     }
 
     /// Bytes a hostile JWKS server writes at most before giving up — far
@@ -469,7 +698,8 @@ mod tests {
         assert!(store.refresh().await);
         let keys = store.current();
         assert!(keys.contains_key(new.public().thumbprint()));
-        assert!(!keys.contains_key(old.public().thumbprint()));
+        // `old` stays a while: a_key_missing_from_fewer_than_n_refreshes_...
+        assert!(keys.contains_key(old.public().thumbprint()));
 
         // A broken file: the last good keys stay.
         std::fs::write(&path, b"not json").unwrap();

@@ -433,3 +433,44 @@ async fn a_path_parameter_cannot_inject_into_the_challenge() {
     assert_eq!(body["scope"], "task:operate:{name}");
     assert!(!body.to_string().contains("invalid_token"), "{body}");
 }
+
+fn write_jwks(path: &std::path::Path, roots: &[&SigningKey]) {
+    let set = Jwks::publish(roots.iter().map(|k| k.public()));
+    std::fs::write(path, serde_json::to_vec(&set).unwrap()).unwrap();
+}
+
+// #11 item 2a: after a restart, whoever serves the JWKS serves a set
+// without the real root and presents tokens under its own root: each is an
+// unknown kid forcing a refetch. The real root must stay trusted.
+#[tokio::test]
+async fn an_impostor_jwks_cannot_drop_the_real_root_through_refetches() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwks.json");
+    let honest = Chain::main("env:view");
+    write_jwks(&file, &[&honest.root]);
+    let auth = Authorizer::builder()
+        .jwks_file(&file)
+        .audience(AUD)
+        .environment("main")
+        .min_refetch_interval(std::time::Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+
+    // Ten impostor roots in turn: ten unknown kids, ten refetches of a set
+    // without the real root.
+    for _ in 0..10 {
+        let impostor = Chain::main("env:view");
+        write_jwks(&file, &[&impostor.root]);
+        // Accepted: a new root is trusted at once (2a does not stop that;
+        // pinning does, item 2b).
+        auth.verify(&impostor.token("env:view"), clock::now())
+            .await
+            .unwrap();
+    }
+    let p = auth
+        .verify(&honest.token("env:view"), clock::now())
+        .await
+        .unwrap();
+    assert_eq!(p.sub().to_string(), "app/web");
+}
