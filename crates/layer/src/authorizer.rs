@@ -1,6 +1,7 @@
 //! The [`Authorizer`]: one upstream's verification rules, trusted root
 //! keys and caches, and its builder.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use authproxy_core::workload::Environment;
 use crate::metrics::LayerMetrics;
 use crate::require::RequireScopeLayer;
 use crate::requirement::{Requirement, RequirementError};
-use crate::trust::{JwksError, KeySource, KeyStore};
+use crate::trust::{JwksError, KeySource, KeyStore, StoreOptions};
 
 /// Default clock-skew tolerance.
 pub(crate) const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -41,6 +42,9 @@ pub enum BuildError {
     /// The keys could not be loaded.
     #[error("authorizer: {0}")]
     Keys(#[from] JwksError),
+    /// The pinned root thumbprints are empty or malformed.
+    #[error("authorizer: pinned_roots: {0}")]
+    PinnedRoots(String),
 }
 
 /// Verifies tokens for one upstream API; hands out per-route layers with
@@ -77,6 +81,7 @@ pub struct AuthorizerBuilder {
     cache_capacity: usize,
     max_stale: Duration,
     metrics: Option<LayerMetrics>,
+    pinned_roots: Option<Vec<String>>,
 }
 
 impl AuthorizerBuilder {
@@ -115,6 +120,24 @@ impl AuthorizerBuilder {
     /// `/.well-known/jwks.json` read once).
     pub fn keys(mut self, set: Jwks) -> Self {
         self.source = Some(KeySource::Static(set));
+        self
+    }
+
+    /// Trust only the root keys with these RFC 7638 SHA-256 thumbprints
+    /// (base64url, 43 characters — the `kid` authproxy publishes for each
+    /// root), whatever the JWKS says.
+    ///
+    /// The JWKS then only tells which pinned roots are live: a key it adds
+    /// is never trusted unless pinned, so whoever serves it cannot sign
+    /// grants with a root of their own. A JWKS holding none of the pinned
+    /// roots fails [`build`](Self::build) (naming the thumbprints it holds)
+    /// and, later, counts as a failed refresh. An empty set or a string that
+    /// is not a thumbprint fails the build too.
+    pub fn pinned_roots(
+        mut self,
+        thumbprints: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.pinned_roots = Some(thumbprints.into_iter().map(Into::into).collect());
         self
     }
 
@@ -176,7 +199,12 @@ impl AuthorizerBuilder {
         let audience = self.audience.ok_or(BuildError::Missing("audience"))?;
         let environment = self.environment.ok_or(BuildError::Missing("environment"))?;
         let environment = Environment::parse(&environment).map_err(BuildError::Environment)?;
-        let keys = KeyStore::open(source, self.min_refetch_interval).await?;
+        let pinned = self.pinned_roots.map(parse_pins).transpose()?;
+        let options = StoreOptions {
+            min_refetch_interval: self.min_refetch_interval,
+            pinned,
+        };
+        let keys = KeyStore::open(source, options).await?;
         let refreshable = keys.is_refreshable();
         let inner = Arc::new(Inner {
             verifier: Verifier::new(
@@ -194,6 +222,28 @@ impl AuthorizerBuilder {
         }
         Ok(Authorizer { inner })
     }
+}
+
+/// Checks pinned thumbprints: a typo must fail the build, not silently pin
+/// nothing (which would refuse every token) or the wrong thing.
+fn parse_pins(pins: Vec<String>) -> Result<HashSet<String>, BuildError> {
+    if pins.is_empty() {
+        return Err(BuildError::PinnedRoots(
+            "no thumbprint given; pin at least one root".into(),
+        ));
+    }
+    let base64url = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    pins.into_iter()
+        .map(|p| {
+            if p.len() == 43 && p.bytes().all(base64url) {
+                Ok(p)
+            } else {
+                Err(BuildError::PinnedRoots(format!(
+                    "`{p}` is not an RFC 7638 SHA-256 thumbprint (43 base64url characters)"
+                )))
+            }
+        })
+        .collect()
 }
 
 async fn refresh_loop(inner: Weak<Inner>, every: Duration) {
@@ -217,6 +267,7 @@ impl Authorizer {
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             max_stale: DEFAULT_MAX_STALE,
             metrics: None,
+            pinned_roots: None,
         }
     }
 

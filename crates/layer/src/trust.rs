@@ -4,7 +4,7 @@
 //! fetch fails. A fetch adds keys at once but drops a trusted key only
 //! after [`ROOT_KEY_DROP_AFTER_REFRESHES`] scheduled refreshes without it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +50,20 @@ pub enum JwksError {
     /// The document holds no usable Ed25519 signing key.
     #[error("{0}: no usable Ed25519 signing key (kty OKP, crv Ed25519, with a kid)")]
     NoUsableKeys(String),
+    /// Roots are pinned and the document holds none of them.
+    #[error(
+        "{source_name}: none of the {pinned} pinned root key(s) is in the JWKS; \
+         its keys' RFC 7638 thumbprints are: {}",
+        .present.join(", ")
+    )]
+    NoPinnedKeys {
+        /// The file, URL or "static keys".
+        source_name: String,
+        /// How many thumbprints are pinned.
+        pinned: usize,
+        /// The thumbprints of the usable keys the document does hold.
+        present: Vec<String>,
+    },
 }
 
 /// A source of root keys.
@@ -71,6 +85,15 @@ impl KeySource {
             Self::Url(u) => u.clone(),
         }
     }
+}
+
+/// How a [`KeyStore`] fetches, and which keys it may trust.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreOptions {
+    /// Minimum time between two fetches caused by requests.
+    pub(crate) min_refetch_interval: Duration,
+    /// When set, the RFC 7638 thumbprints of the only roots ever trusted.
+    pub(crate) pinned: Option<HashSet<String>>,
 }
 
 /// What successive fetches share, under the single-flight lock.
@@ -100,6 +123,8 @@ pub(crate) struct KeyStore {
     /// Serialises fetches (single-flight); what they share.
     fetches: tokio::sync::Mutex<FetchState>,
     min_refetch_interval: Duration,
+    /// When set, only these root thumbprints are ever trusted.
+    pinned: Option<HashSet<String>>,
     /// Unix time of the last successful fetch.
     fetched_at: std::sync::atomic::AtomicU64,
     /// Unix time of the last "keys are stale" error line (rate-limits it).
@@ -108,10 +133,7 @@ pub(crate) struct KeyStore {
 
 impl KeyStore {
     /// Loads the keys once; fails if none is usable.
-    pub(crate) async fn open(
-        source: KeySource,
-        min_refetch_interval: Duration,
-    ) -> Result<Self, JwksError> {
+    pub(crate) async fn open(source: KeySource, options: StoreOptions) -> Result<Self, JwksError> {
         let client = match &source {
             KeySource::Url(_) => Some(
                 reqwest::Client::builder()
@@ -133,7 +155,8 @@ impl KeyStore {
             client,
             keys: Shared::new(RootKeys::new()),
             fetches: tokio::sync::Mutex::new(FetchState::default()),
-            min_refetch_interval,
+            min_refetch_interval: options.min_refetch_interval,
+            pinned: options.pinned,
             fetched_at: std::sync::atomic::AtomicU64::new(0),
             stale_logged_at: std::sync::atomic::AtomicU64::new(0),
         };
@@ -298,9 +321,24 @@ impl KeyStore {
                 parse_jwks(&bytes).map_err(fetch_err)?
             }
         };
-        let keys = set.usable_keys();
+        let mut keys = set.usable_keys();
         if keys.is_empty() {
             return Err(JwksError::NoUsableKeys(name));
+        }
+        if let Some(pinned) = &self.pinned {
+            // With pins the JWKS only says which pinned roots are live:
+            // whoever serves it cannot introduce a root of their own
+            // (#11 item 2b). A set without any pinned root is a failed
+            // fetch, so the keys already trusted stay.
+            let present = keys.values().map(|k| k.thumbprint().to_owned()).collect();
+            keys.retain(|_, k| pinned.contains(k.thumbprint()));
+            if keys.is_empty() {
+                return Err(JwksError::NoPinnedKeys {
+                    source_name: name,
+                    pinned: pinned.len(),
+                    present,
+                });
+            }
         }
         Ok(keys)
     }
@@ -403,8 +441,15 @@ mod tests {
         std::fs::write(path, jwks_bytes(keys)).unwrap();
     }
 
+    fn opts(min_refetch_interval: Duration) -> StoreOptions {
+        StoreOptions {
+            min_refetch_interval,
+            pinned: None,
+        }
+    }
+
     async fn open_file(path: &Path, min_refetch_interval: Duration) -> Result<KeyStore, JwksError> {
-        KeyStore::open(KeySource::File(path.to_owned()), min_refetch_interval).await
+        KeyStore::open(KeySource::File(path.to_owned()), opts(min_refetch_interval)).await
     }
 
     #[tokio::test]
@@ -581,6 +626,32 @@ mod tests {
         assert!(keys.contains_key(first.public().thumbprint()));
     }
 
+    // #11 item 2b: with pins, a refresh trusts only pinned roots, and a set
+    // without any of them is a failed fetch that keeps the trusted keys.
+    #[tokio::test]
+    async fn with_pins_a_refresh_trusts_only_pinned_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (pinned, impostor) = (key(), key());
+        write_jwks(&path, &[&pinned, &impostor]);
+        let options = StoreOptions {
+            pinned: Some(HashSet::from([pinned.public().thumbprint().to_owned()])),
+            ..opts(Duration::ZERO)
+        };
+        let store = KeyStore::open(KeySource::File(path.clone()), options)
+            .await
+            .unwrap();
+        assert_eq!(store.current().len(), 1);
+        assert!(store.current().contains_key(pinned.public().thumbprint()));
+
+        write_jwks(&path, &[&impostor]);
+        assert!(!store.refresh().await);
+        assert!(!store.refetch_for_unknown_kid(&store.current()).await);
+        let keys = store.current();
+        assert_eq!(keys.len(), 1);
+        assert!(keys.contains_key(pinned.public().thumbprint()));
+    }
+
     /// Bytes a hostile JWKS server writes at most before giving up — far
     /// beyond the cap, so that a client that buffers shows it.
     const HOSTILE_BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -637,7 +708,7 @@ mod tests {
         let (url, written) = endless_jwks_server().await;
         let opened = tokio::time::timeout(
             Duration::from_secs(60),
-            KeyStore::open(KeySource::Url(url), HOUR),
+            KeyStore::open(KeySource::Url(url), opts(HOUR)),
         )
         .await
         .expect("the fetch must end");
@@ -723,7 +794,7 @@ mod tests {
     #[tokio::test]
     async fn static_keys_are_never_stale_nor_refetched() {
         let k = key();
-        let store = KeyStore::open(KeySource::Static(Jwks::publish([k.public()])), HOUR)
+        let store = KeyStore::open(KeySource::Static(Jwks::publish([k.public()])), opts(HOUR))
             .await
             .unwrap();
         assert!(store.current().contains_key(k.public().thumbprint()));

@@ -474,3 +474,122 @@ async fn an_impostor_jwks_cannot_drop_the_real_root_through_refetches() {
         .unwrap();
     assert_eq!(p.sub().to_string(), "app/web");
 }
+
+// #11 item 2b: with pinned roots, a JWKS is a list of candidates; only a
+// key whose RFC 7638 thumbprint is pinned is ever trusted.
+#[tokio::test]
+async fn a_pinned_root_is_trusted_and_another_root_in_the_same_jwks_is_not() {
+    let honest = Chain::main("env:view");
+    let other = Chain::main("env:view");
+    let auth = Authorizer::builder()
+        .keys(Jwks::publish([honest.root.public(), other.root.public()]))
+        .pinned_roots([honest.root.public().thumbprint()])
+        .audience(AUD)
+        .environment("main")
+        .build()
+        .await
+        .unwrap();
+    let app = app(&auth);
+    let res = send(
+        app.clone(),
+        request(
+            Method::GET,
+            "/environment",
+            &[&bearer(&honest.token("env:view"))],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let stranger = other.token("env:view");
+    assert_eq!(
+        auth.verify(&stranger, clock::now()).await.unwrap_err(),
+        InvalidToken::UnknownRootKey
+    );
+    let res = send(
+        app,
+        request(Method::GET, "/environment", &[&bearer(&stranger)]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_unpinned_root_served_later_is_never_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwks.json");
+    let honest = Chain::main("env:view");
+    let impostor = Chain::main("env:view");
+    write_jwks(&file, &[&honest.root]);
+    let auth = Authorizer::builder()
+        .jwks_file(&file)
+        .pinned_roots([honest.root.public().thumbprint()])
+        .audience(AUD)
+        .environment("main")
+        .min_refetch_interval(std::time::Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    let forged = impostor.token("env:view");
+
+    // Beside the real root, then alone: refused either way.
+    write_jwks(&file, &[&honest.root, &impostor.root]);
+    assert_eq!(
+        auth.verify(&forged, clock::now()).await.unwrap_err(),
+        InvalidToken::UnknownRootKey
+    );
+    write_jwks(&file, &[&impostor.root]);
+    assert_eq!(
+        auth.verify(&forged, clock::now()).await.unwrap_err(),
+        InvalidToken::UnknownRootKey
+    );
+    assert!(
+        auth.verify(&honest.token("env:view"), clock::now())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_jwks_without_any_pinned_root_fails_the_build() {
+    let honest = SigningKey::generate().unwrap();
+    let other = SigningKey::generate().unwrap();
+    let err = Authorizer::builder()
+        .keys(Jwks::publish([other.public()]))
+        .pinned_roots([honest.public().thumbprint()])
+        .audience(AUD)
+        .environment("main")
+        .build()
+        .await
+        .unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("none of the 1 pinned root key"), "{shown}");
+    // The operator sees what the JWKS holds instead.
+    assert!(shown.contains(other.public().thumbprint()), "{shown}");
+}
+
+#[tokio::test]
+async fn malformed_or_empty_pins_fail_the_build() {
+    let root = SigningKey::generate().unwrap();
+    let build = |pins: Vec<String>| {
+        Authorizer::builder()
+            .keys(Jwks::publish([root.public()]))
+            .pinned_roots(pins)
+            .audience(AUD)
+            .environment("main")
+            .build()
+    };
+    for pins in [
+        vec![],
+        vec!["not-a-thumbprint".to_owned()],
+        vec![format!("{}=", root.public().thumbprint())],
+    ] {
+        let err = build(pins.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("pinned_roots"), "{pins:?}: {err}");
+    }
+    assert!(
+        build(vec![root.public().thumbprint().to_owned()])
+            .await
+            .is_ok()
+    );
+}
