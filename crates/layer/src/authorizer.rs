@@ -26,6 +26,8 @@ pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
 pub(crate) const DEFAULT_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// Default maximum age of root keys that could not be refreshed.
 pub(crate) const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
+/// Default time the build keeps trying to load a JWKS file or URL.
+pub(crate) const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default bound of each verification cache.
 pub(crate) const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 
@@ -82,6 +84,7 @@ pub struct AuthorizerBuilder {
     max_stale: Duration,
     metrics: Option<LayerMetrics>,
     pinned_roots: Option<Vec<String>>,
+    initial_fetch_timeout: Duration,
 }
 
 impl AuthorizerBuilder {
@@ -184,14 +187,28 @@ impl AuthorizerBuilder {
         self
     }
 
+    /// How long [`build`](Self::build) keeps trying to load a JWKS file or
+    /// URL that is not there yet (default 30 s; zero: one attempt). An
+    /// upstream often starts before the sidecar serving its JWKS: a failed
+    /// first fetch is retried with backoff (100 ms, doubling up to 2 s);
+    /// each attempt is cut at the deadline; past it the build fails with
+    /// the last error, naming the source. Keys given with
+    /// [`keys`](Self::keys) are not retried.
+    pub fn initial_fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.initial_fetch_timeout = timeout;
+        self
+    }
+
     /// Bound of the grant and token caches (default 10 000 each; 0 disables).
     pub fn cache_capacity(mut self, entries: usize) -> Self {
         self.cache_capacity = entries;
         self
     }
 
-    /// Loads the keys and builds the authorizer. With a refreshable source,
-    /// a background task refreshes the keys until the authorizer is dropped.
+    /// Loads the keys (waiting up to
+    /// [`initial_fetch_timeout`](Self::initial_fetch_timeout) for a file or
+    /// URL) and builds the authorizer. With a refreshable source, a
+    /// background task refreshes the keys until the authorizer is dropped.
     pub async fn build(self) -> Result<Authorizer, BuildError> {
         let source = self
             .source
@@ -203,6 +220,7 @@ impl AuthorizerBuilder {
         let options = StoreOptions {
             min_refetch_interval: self.min_refetch_interval,
             pinned,
+            initial_fetch_timeout: self.initial_fetch_timeout,
         };
         let keys = KeyStore::open(source, options).await?;
         let refreshable = keys.is_refreshable();
@@ -268,6 +286,7 @@ impl Authorizer {
             max_stale: DEFAULT_MAX_STALE,
             metrics: None,
             pinned_roots: None,
+            initial_fetch_timeout: DEFAULT_INITIAL_FETCH_TIMEOUT,
         }
     }
 

@@ -30,6 +30,12 @@ const TOO_LARGE: &str = "JWKS document too large (over 64 KiB)";
 /// can send tokens cannot hurry a drop along.
 pub const ROOT_KEY_DROP_AFTER_REFRESHES: u32 = 3;
 
+/// First wait before the build's fetch is tried again; it doubles up to
+/// [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Longest wait between two attempts of the build's fetch.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
 /// Most root keys trusted at once. Keys are kept across fetches now, so a
 /// hostile JWKS serving fresh keys on every unknown-`kid` refetch could
 /// otherwise grow the set without bound; real sets hold a handful.
@@ -94,6 +100,9 @@ pub(crate) struct StoreOptions {
     pub(crate) min_refetch_interval: Duration,
     /// When set, the RFC 7638 thumbprints of the only roots ever trusted.
     pub(crate) pinned: Option<HashSet<String>>,
+    /// How long [`KeyStore::open`] retries a failing first fetch of a file
+    /// or URL (zero: one attempt).
+    pub(crate) initial_fetch_timeout: Duration,
 }
 
 /// What successive fetches share, under the single-flight lock.
@@ -132,7 +141,8 @@ pub(crate) struct KeyStore {
 }
 
 impl KeyStore {
-    /// Loads the keys once; fails if none is usable.
+    /// Loads the keys; fails if none is usable. A file or URL that fails is
+    /// tried again with backoff until `initial_fetch_timeout` has passed.
     pub(crate) async fn open(source: KeySource, options: StoreOptions) -> Result<Self, JwksError> {
         let client = match &source {
             KeySource::Url(_) => Some(
@@ -160,7 +170,7 @@ impl KeyStore {
             fetched_at: std::sync::atomic::AtomicU64::new(0),
             stale_logged_at: std::sync::atomic::AtomicU64::new(0),
         };
-        let keys = store.fetch().await?;
+        let keys = store.first_fetch(options.initial_fetch_timeout).await?;
         let keys = merge(
             &RootKeys::new(),
             keys,
@@ -171,6 +181,50 @@ impl KeyStore {
         // The build fetch does not count against the unknown-kid interval:
         // a root rotated just after start is picked up on its first use.
         Ok(store)
+    }
+
+    /// The build's fetch. An upstream often starts before the sidecar or
+    /// issuer serving its JWKS (same pod, same compose file): rather than
+    /// exit and rely on a restart loop, wait for it — with backoff, and for
+    /// a bounded time, after which the last error is the build's (#11 item
+    /// 16). Every attempt is cut at the deadline, so a source that never
+    /// answers cannot hold the build for the HTTP client's own timeout.
+    async fn first_fetch(&self, timeout: Duration) -> Result<RootKeys, JwksError> {
+        // Static keys parse or do not: nothing to wait for.
+        if timeout.is_zero() || !self.is_refreshable() {
+            return self.fetch().await;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut delay = FIRST_RETRY_DELAY;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let error = match tokio::time::timeout(remaining, self.fetch()).await {
+                Ok(Ok(keys)) => return Ok(keys),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    return Err(JwksError::Fetch {
+                        source_name: self.source.name(),
+                        message: format!(
+                            "no answer within the initial fetch timeout ({timeout:?})"
+                        ),
+                    });
+                }
+            };
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(error);
+            }
+            tracing::warn!(
+                %error,
+                retry_in_ms = delay.min(remaining).as_millis(),
+                "root keys not available yet; retrying"
+            );
+            tokio::time::sleep(delay.min(remaining)).await;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(error);
+            }
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
+        }
     }
 
     /// The current keys (a cheap snapshot).
@@ -445,6 +499,7 @@ mod tests {
         StoreOptions {
             min_refetch_interval,
             pinned: None,
+            initial_fetch_timeout: Duration::ZERO,
         }
     }
 

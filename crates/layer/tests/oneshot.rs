@@ -593,3 +593,136 @@ async fn malformed_or_empty_pins_fail_the_build() {
             .is_ok()
     );
 }
+
+/// A raw HTTP/1.1 server on `127.0.0.1:0`: `answer(n)` is the reply to its
+/// n-th request (from 0) as status line and JSON body, or `None` to hold the
+/// connection open without a word. Returns its URL and the request count.
+async fn raw_server(
+    answer: impl Fn(usize) -> Option<(&'static str, Vec<u8>)> + Send + Sync + 'static,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let answer = Arc::clone(&answer);
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head).await;
+                let Some((status, body)) = answer(n) else {
+                    std::future::pending::<()>().await;
+                    return;
+                };
+                let mut reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                reply.extend_from_slice(&body);
+                let _ = conn.write_all(&reply).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (url, hits)
+}
+
+// #11 item 16: an upstream started before the sidecar waits for its JWKS.
+#[tokio::test]
+async fn build_waits_for_a_jwks_file_that_appears_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwks.json");
+    let chain = Chain::main("env:view");
+    let root = chain.root.public().clone();
+    let later = file.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let set = Jwks::publish([&root]);
+        std::fs::write(later, serde_json::to_vec(&set).unwrap()).unwrap();
+    });
+    let auth = Authorizer::builder()
+        .jwks_file(&file)
+        .initial_fetch_timeout(std::time::Duration::from_secs(30))
+        .audience(AUD)
+        .environment("main")
+        .build()
+        .await
+        .unwrap();
+    assert!(
+        auth.verify(&chain.token("env:view"), clock::now())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn build_retries_a_failing_jwks_url_until_it_answers() {
+    let chain = Chain::main("env:view");
+    let body = serde_json::to_vec(&Jwks::publish([chain.root.public()])).unwrap();
+    let (url, hits) = raw_server(move |n| {
+        Some(if n < 2 {
+            ("503 Service Unavailable", b"{}".to_vec())
+        } else {
+            ("200 OK", body.clone())
+        })
+    })
+    .await;
+    let auth = Authorizer::builder()
+        .jwks_url(url)
+        .initial_fetch_timeout(std::time::Duration::from_secs(30))
+        .audience(AUD)
+        .environment("main")
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(
+        auth.verify(&chain.token("env:view"), clock::now())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn build_gives_up_on_a_silent_jwks_url_at_the_initial_fetch_timeout() {
+    let (url, hits) = raw_server(|_| None).await;
+    let started = std::time::Instant::now();
+    let err = Authorizer::builder()
+        .jwks_url(&url)
+        .initial_fetch_timeout(std::time::Duration::from_millis(500))
+        .audience(AUD)
+        .environment("main")
+        .build()
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    let shown = err.to_string();
+    assert!(shown.contains(&url), "the error names the source: {shown}");
+    assert!(shown.contains("initial fetch timeout"), "{shown}");
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // Bounded by the timeout, not by the HTTP client's own 10 s (generous:
+    // the machine may be loaded).
+    assert!(took < std::time::Duration::from_secs(8), "took {took:?}");
+}
+
+#[tokio::test]
+async fn a_zero_initial_fetch_timeout_makes_one_attempt() {
+    let (url, hits) = raw_server(|_| Some(("503 Service Unavailable", b"{}".to_vec()))).await;
+    let err = Authorizer::builder()
+        .jwks_url(&url)
+        .initial_fetch_timeout(std::time::Duration::ZERO)
+        .audience(AUD)
+        .environment("main")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("HTTP 503"), "{err}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
