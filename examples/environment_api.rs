@@ -3,8 +3,13 @@
 //! ```sh
 //! target/release/examples/environment_api --listen 127.0.0.1:8300 \
 //!     --jwks-url http://127.0.0.1:8200/.well-known/jwks.json \
-//!     --audience http://127.0.0.1:8300 --environment main
+//!     --audience http://127.0.0.1:8300 --environment main \
+//!     --pinned-root "$(curl -s http://127.0.0.1:8200/.well-known/jwks.json \
+//!         | python3 -c 'import sys,json;print(json.load(sys.stdin)["keys"][0]["kid"])')"
 //! ```
+//!
+//! `--pinned-root` (repeatable, optional) trusts only the roots with these
+//! RFC 7638 thumbprints, whatever the JWKS says.
 //!
 //! Routes: `GET /healthz` (open); `GET /environment` (`env:view`);
 //! `POST|GET /tasks/{name}/runs`, `GET|DELETE /tasks/{name}/runs/{id}`
@@ -174,6 +179,10 @@ struct Args {
     /// The environment this API serves.
     #[arg(long)]
     environment: String,
+    /// Trust only the root key with this RFC 7638 thumbprint (its `kid`),
+    /// whatever the JWKS says; repeat for several roots.
+    #[arg(long = "pinned-root", value_name = "THUMBPRINT")]
+    pinned_roots: Vec<String>,
 }
 
 #[allow(dead_code)] // unused when the tests include this file as a module
@@ -188,9 +197,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let builder = Authorizer::builder()
+    let mut builder = Authorizer::builder()
         .audience(&args.audience)
         .environment(&args.environment);
+    if !args.pinned_roots.is_empty() {
+        builder = builder.pinned_roots(args.pinned_roots);
+    }
     let builder = match (args.jwks_url, args.jwks_file) {
         (Some(url), _) => builder.jwks_url(url),
         (None, Some(file)) => builder.jwks_file(file),

@@ -1,6 +1,7 @@
 //! The [`Authorizer`]: one upstream's verification rules, trusted root
 //! keys and caches, and its builder.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use authproxy_core::workload::Environment;
 use crate::metrics::LayerMetrics;
 use crate::require::RequireScopeLayer;
 use crate::requirement::{Requirement, RequirementError};
-use crate::trust::{JwksError, KeySource, KeyStore};
+use crate::trust::{JwksError, KeySource, KeyStore, StoreOptions};
 
 /// Default clock-skew tolerance.
 pub(crate) const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -25,6 +26,8 @@ pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
 pub(crate) const DEFAULT_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// Default maximum age of root keys that could not be refreshed.
 pub(crate) const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
+/// Default time the build keeps trying to load a JWKS file or URL.
+pub(crate) const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default bound of each verification cache.
 pub(crate) const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 
@@ -41,6 +44,9 @@ pub enum BuildError {
     /// The keys could not be loaded.
     #[error("authorizer: {0}")]
     Keys(#[from] JwksError),
+    /// The pinned root thumbprints are empty or malformed.
+    #[error("authorizer: pinned_roots: {0}")]
+    PinnedRoots(String),
 }
 
 /// Verifies tokens for one upstream API; hands out per-route layers with
@@ -77,6 +83,8 @@ pub struct AuthorizerBuilder {
     cache_capacity: usize,
     max_stale: Duration,
     metrics: Option<LayerMetrics>,
+    pinned_roots: Option<Vec<String>>,
+    initial_fetch_timeout: Duration,
 }
 
 impl AuthorizerBuilder {
@@ -91,13 +99,21 @@ impl AuthorizerBuilder {
     }
 
     /// Trust the root keys served at this JWKS URL (fetched at build,
-    /// refreshed periodically and on unknown `kid`).
+    /// refreshed periodically and on unknown `kid`; at most 64 KiB).
+    ///
+    /// A fetch adds new keys at once, but a key already trusted is dropped
+    /// only after it has been missing from
+    /// [`ROOT_KEY_DROP_AFTER_REFRESHES`](crate::ROOT_KEY_DROP_AFTER_REFRESHES)
+    /// (3) consecutive scheduled refreshes: whoever answers at the URL for a
+    /// moment cannot take the real roots away. Fetches caused by unknown
+    /// `kid`s never drop a key.
     pub fn jwks_url(mut self, url: impl Into<String>) -> Self {
         self.source = Some(KeySource::Url(url.into()));
         self
     }
 
-    /// Trust the root keys in this JWKS file (re-read like a URL).
+    /// Trust the root keys in this JWKS file (re-read like a URL, with the
+    /// same rule for dropping keys; at most 64 KiB).
     pub fn jwks_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.source = Some(KeySource::File(path.into()));
         self
@@ -107,6 +123,24 @@ impl AuthorizerBuilder {
     /// `/.well-known/jwks.json` read once).
     pub fn keys(mut self, set: Jwks) -> Self {
         self.source = Some(KeySource::Static(set));
+        self
+    }
+
+    /// Trust only the root keys with these RFC 7638 SHA-256 thumbprints
+    /// (base64url, 43 characters — the `kid` authproxy publishes for each
+    /// root), whatever the JWKS says.
+    ///
+    /// The JWKS then only tells which pinned roots are live: a key it adds
+    /// is never trusted unless pinned, so whoever serves it cannot sign
+    /// grants with a root of their own. A JWKS holding none of the pinned
+    /// roots fails [`build`](Self::build) (naming the thumbprints it holds)
+    /// and, later, counts as a failed refresh. An empty set or a string that
+    /// is not a thumbprint fails the build too.
+    pub fn pinned_roots(
+        mut self,
+        thumbprints: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.pinned_roots = Some(thumbprints.into_iter().map(Into::into).collect());
         self
     }
 
@@ -128,7 +162,12 @@ impl AuthorizerBuilder {
         self
     }
 
-    /// Period of JWKS refreshes (default 5 min).
+    /// Period of JWKS refreshes (default 5 min). A root key removed from the
+    /// JWKS stops being trusted after
+    /// [`ROOT_KEY_DROP_AFTER_REFRESHES`](crate::ROOT_KEY_DROP_AFTER_REFRESHES)
+    /// refreshes (15 min by default). Zero disables the refresh: new keys
+    /// still arrive on unknown `kid`s, but no key is ever dropped until the
+    /// upstream restarts.
     pub fn refresh_interval(mut self, every: Duration) -> Self {
         self.refresh_interval = every;
         self
@@ -148,14 +187,28 @@ impl AuthorizerBuilder {
         self
     }
 
+    /// How long [`build`](Self::build) keeps trying to load a JWKS file or
+    /// URL that is not there yet (default 30 s; zero: one attempt). An
+    /// upstream often starts before the sidecar serving its JWKS: a failed
+    /// first fetch is retried with backoff (100 ms, doubling up to 2 s);
+    /// each attempt is cut at the deadline; past it the build fails with
+    /// the last error, naming the source. Keys given with
+    /// [`keys`](Self::keys) are not retried.
+    pub fn initial_fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.initial_fetch_timeout = timeout;
+        self
+    }
+
     /// Bound of the grant and token caches (default 10 000 each; 0 disables).
     pub fn cache_capacity(mut self, entries: usize) -> Self {
         self.cache_capacity = entries;
         self
     }
 
-    /// Loads the keys and builds the authorizer. With a refreshable source,
-    /// a background task refreshes the keys until the authorizer is dropped.
+    /// Loads the keys (waiting up to
+    /// [`initial_fetch_timeout`](Self::initial_fetch_timeout) for a file or
+    /// URL) and builds the authorizer. With a refreshable source, a
+    /// background task refreshes the keys until the authorizer is dropped.
     pub async fn build(self) -> Result<Authorizer, BuildError> {
         let source = self
             .source
@@ -163,7 +216,13 @@ impl AuthorizerBuilder {
         let audience = self.audience.ok_or(BuildError::Missing("audience"))?;
         let environment = self.environment.ok_or(BuildError::Missing("environment"))?;
         let environment = Environment::parse(&environment).map_err(BuildError::Environment)?;
-        let keys = KeyStore::open(source, self.min_refetch_interval).await?;
+        let pinned = self.pinned_roots.map(parse_pins).transpose()?;
+        let options = StoreOptions {
+            min_refetch_interval: self.min_refetch_interval,
+            pinned,
+            initial_fetch_timeout: self.initial_fetch_timeout,
+        };
+        let keys = KeyStore::open(source, options).await?;
         let refreshable = keys.is_refreshable();
         let inner = Arc::new(Inner {
             verifier: Verifier::new(
@@ -181,6 +240,28 @@ impl AuthorizerBuilder {
         }
         Ok(Authorizer { inner })
     }
+}
+
+/// Checks pinned thumbprints: a typo must fail the build, not silently pin
+/// nothing (which would refuse every token) or the wrong thing.
+fn parse_pins(pins: Vec<String>) -> Result<HashSet<String>, BuildError> {
+    if pins.is_empty() {
+        return Err(BuildError::PinnedRoots(
+            "no thumbprint given; pin at least one root".into(),
+        ));
+    }
+    let base64url = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    pins.into_iter()
+        .map(|p| {
+            if p.len() == 43 && p.bytes().all(base64url) {
+                Ok(p)
+            } else {
+                Err(BuildError::PinnedRoots(format!(
+                    "`{p}` is not an RFC 7638 SHA-256 thumbprint (43 base64url characters)"
+                )))
+            }
+        })
+        .collect()
 }
 
 async fn refresh_loop(inner: Weak<Inner>, every: Duration) {
@@ -204,6 +285,8 @@ impl Authorizer {
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             max_stale: DEFAULT_MAX_STALE,
             metrics: None,
+            pinned_roots: None,
+            initial_fetch_timeout: DEFAULT_INITIAL_FETCH_TIMEOUT,
         }
     }
 

@@ -52,4 +52,4 @@ pub use principal::Principal;
 pub use rejection::{NoPrincipal, Rejection};
 pub use require::{RequireScope, RequireScopeLayer};
 pub use requirement::RequirementError;
-pub use trust::JwksError;
+pub use trust::{JwksError, ROOT_KEY_DROP_AFTER_REFRESHES};

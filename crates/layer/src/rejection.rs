@@ -64,7 +64,14 @@ impl IntoResponse for Rejection {
             }
             Self::InsufficientScope(scope) => (
                 StatusCode::FORBIDDEN,
-                format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""),
+                // Only a scope in RFC 6750's syntax goes into the quoted
+                // string: it has no `"` or `\` to end it early, so nothing
+                // can be appended to the challenge.
+                if is_scope_syntax(scope) {
+                    format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")
+                } else {
+                    "Bearer error=\"insufficient_scope\"".to_owned()
+                },
                 ErrorBody::new(
                     "insufficient_scope",
                     format!("the token does not grant {scope}"),
@@ -73,12 +80,22 @@ impl IntoResponse for Rejection {
             ),
         };
         let mut res = (status, axum::Json(body)).into_response();
-        // The scope comes from a validated name or a fixed string; if it
-        // somehow could not be a header value, fall back to the bare scheme.
+        // Every part is a fixed string or checked above; should one still
+        // not be a header value, fall back to the bare scheme.
         let value = HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer"));
         res.headers_mut().insert(header::WWW_AUTHENTICATE, value);
         res
     }
+}
+
+/// RFC 6750 §3: `scope = scope-token *( SP scope-token )`, `scope-token =
+/// 1*( %x21 / %x23-5B / %x5D-7E )` — printable ASCII but `"` and `\`.
+fn is_scope_syntax(scope: &str) -> bool {
+    let token_char = |b: u8| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E);
+    !scope.is_empty()
+        && scope
+            .split(' ')
+            .all(|t| !t.is_empty() && t.bytes().all(token_char))
 }
 
 /// A handler asked for a [`Principal`] on a route the layer does not guard.
@@ -110,5 +127,47 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
             .get::<Principal>()
             .cloned()
             .ok_or(NoPrincipal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge(r: Rejection) -> String {
+        let res = r.into_response();
+        res.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_valid_scope_is_named_in_the_challenge() {
+        assert_eq!(
+            challenge(Rejection::InsufficientScope("task:operate:x".into())),
+            "Bearer error=\"insufficient_scope\", scope=\"task:operate:x\""
+        );
+    }
+
+    // #11 item 1, defence in depth: `InsufficientScope` is public, so a
+    // scope outside RFC 6750's scope syntax (a `"`, a `\`, control or
+    // non-ASCII characters) is left out of the header rather than trusted.
+    #[test]
+    fn a_scope_outside_rfc_6750_syntax_never_reaches_the_challenge() {
+        for hostile in [
+            "x\", error=\"invalid_token",
+            "a\\\"b",
+            "a  b",
+            " a",
+            "",
+            "caf\u{e9}",
+        ] {
+            assert_eq!(
+                challenge(Rejection::InsufficientScope(hostile.into())),
+                "Bearer error=\"insufficient_scope\"",
+                "{hostile:?}"
+            );
+        }
     }
 }

@@ -62,7 +62,10 @@ impl Requirement {
     }
 
     /// The authorization this request needs, or `Err(shown)` when the path
-    /// parameter is not a valid name (no token can cover it).
+    /// parameter is not a valid name (no token can cover it). `shown` is
+    /// then the requirement itself (`task:operate:{name}`), never the value:
+    /// the value is the client's, and echoing it into `WWW-Authenticate`
+    /// would let a `"` close the scope and add auth-params (#11 item 1).
     pub(crate) async fn resolve(
         &self,
         parts: &mut Parts,
@@ -89,7 +92,11 @@ impl Requirement {
             .ok()
             .and_then(|_| Authorization::from_parts(kind, action, Some(&value)).ok())
             .map(Cow::Owned)
-            .ok_or_else(|| format!("{kind}:{action}:{value}"))
+            .ok_or_else(|| {
+                // `?` quotes and escapes the value: no log injection either.
+                tracing::debug!(%param, value = ?value, "path parameter is not a valid name");
+                format!("{kind}:{action}:{{{param}}}")
+            })
     }
 }
 

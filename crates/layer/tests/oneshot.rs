@@ -405,3 +405,324 @@ async fn an_authorizer_needs_keys_an_audience_and_an_environment() {
         Err(BuildError::Environment(_))
     ));
 }
+
+// #11 item 1: a path value that is not a name must never be echoed into
+// `WWW-Authenticate`: `"` would close the scope and add auth-params.
+#[tokio::test]
+async fn a_path_parameter_cannot_inject_into_the_challenge() {
+    let chain = Chain::main("env:view task:operate:send-report");
+    let app = app(&chain.authorizer().await);
+    let token = chain.token("env:view task:operate:send-report");
+    let res = send(
+        app,
+        request(
+            Method::POST,
+            "/tasks/x%22,%20error=%22invalid_token/runs",
+            &[&bearer(&token)],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // The route's requirement is named, not the value.
+    assert_eq!(
+        challenge(&res),
+        "Bearer error=\"insufficient_scope\", scope=\"task:operate:{name}\""
+    );
+    let body = error_body(res).await;
+    assert_eq!(body["error"], "insufficient_scope");
+    assert_eq!(body["scope"], "task:operate:{name}");
+    assert!(!body.to_string().contains("invalid_token"), "{body}");
+}
+
+fn write_jwks(path: &std::path::Path, roots: &[&SigningKey]) {
+    let set = Jwks::publish(roots.iter().map(|k| k.public()));
+    std::fs::write(path, serde_json::to_vec(&set).unwrap()).unwrap();
+}
+
+// #11 item 2a: after a restart, whoever serves the JWKS serves a set
+// without the real root and presents tokens under its own root: each is an
+// unknown kid forcing a refetch. The real root must stay trusted.
+#[tokio::test]
+async fn an_impostor_jwks_cannot_drop_the_real_root_through_refetches() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwks.json");
+    let honest = Chain::main("env:view");
+    write_jwks(&file, &[&honest.root]);
+    let auth = Authorizer::builder()
+        .jwks_file(&file)
+        .audience(AUD)
+        .environment("main")
+        .min_refetch_interval(std::time::Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+
+    // Ten impostor roots in turn: ten unknown kids, ten refetches of a set
+    // without the real root.
+    for _ in 0..10 {
+        let impostor = Chain::main("env:view");
+        write_jwks(&file, &[&impostor.root]);
+        // Accepted: a new root is trusted at once (2a does not stop that;
+        // pinning does, item 2b).
+        auth.verify(&impostor.token("env:view"), clock::now())
+            .await
+            .unwrap();
+    }
+    let p = auth
+        .verify(&honest.token("env:view"), clock::now())
+        .await
+        .unwrap();
+    assert_eq!(p.sub().to_string(), "app/web");
+}
+
+// #11 item 2b: with pinned roots, a JWKS is a list of candidates; only a
+// key whose RFC 7638 thumbprint is pinned is ever trusted.
+#[tokio::test]
+async fn a_pinned_root_is_trusted_and_another_root_in_the_same_jwks_is_not() {
+    let honest = Chain::main("env:view");
+    let other = Chain::main("env:view");
+    let auth = Authorizer::builder()
+        .keys(Jwks::publish([honest.root.public(), other.root.public()]))
+        .pinned_roots([honest.root.public().thumbprint()])
+        .audience(AUD)
+        .environment("main")
+        .build()
+        .await
+        .unwrap();
+    let app = app(&auth);
+    let res = send(
+        app.clone(),
+        request(
+            Method::GET,
+            "/environment",
+            &[&bearer(&honest.token("env:view"))],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let stranger = other.token("env:view");
+    assert_eq!(
+        auth.verify(&stranger, clock::now()).await.unwrap_err(),
+        InvalidToken::UnknownRootKey
+    );
+    let res = send(
+        app,
+        request(Method::GET, "/environment", &[&bearer(&stranger)]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_unpinned_root_served_later_is_never_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwks.json");
+    let honest = Chain::main("env:view");
+    let impostor = Chain::main("env:view");
+    write_jwks(&file, &[&honest.root]);
+    let auth = Authorizer::builder()
+        .jwks_file(&file)
+        .pinned_roots([honest.root.public().thumbprint()])
+        .audience(AUD)
+        .environment("main")
+        .min_refetch_interval(std::time::Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    let forged = impostor.token("env:view");
+
+    // Beside the real root, then alone: refused either way.
+    write_jwks(&file, &[&honest.root, &impostor.root]);
+    assert_eq!(
+        auth.verify(&forged, clock::now()).await.unwrap_err(),
+        InvalidToken::UnknownRootKey
+    );
+    write_jwks(&file, &[&impostor.root]);
+    assert_eq!(
+        auth.verify(&forged, clock::now()).await.unwrap_err(),
+        InvalidToken::UnknownRootKey
+    );
+    assert!(
+        auth.verify(&honest.token("env:view"), clock::now())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_jwks_without_any_pinned_root_fails_the_build() {
+    let honest = SigningKey::generate().unwrap();
+    let other = SigningKey::generate().unwrap();
+    let err = Authorizer::builder()
+        .keys(Jwks::publish([other.public()]))
+        .pinned_roots([honest.public().thumbprint()])
+        .audience(AUD)
+        .environment("main")
+        .build()
+        .await
+        .unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("none of the 1 pinned root key"), "{shown}");
+    // The operator sees what the JWKS holds instead.
+    assert!(shown.contains(other.public().thumbprint()), "{shown}");
+}
+
+#[tokio::test]
+async fn malformed_or_empty_pins_fail_the_build() {
+    let root = SigningKey::generate().unwrap();
+    let build = |pins: Vec<String>| {
+        Authorizer::builder()
+            .keys(Jwks::publish([root.public()]))
+            .pinned_roots(pins)
+            .audience(AUD)
+            .environment("main")
+            .build()
+    };
+    for pins in [
+        vec![],
+        vec!["not-a-thumbprint".to_owned()],
+        vec![format!("{}=", root.public().thumbprint())],
+    ] {
+        let err = build(pins.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("pinned_roots"), "{pins:?}: {err}");
+    }
+    assert!(
+        build(vec![root.public().thumbprint().to_owned()])
+            .await
+            .is_ok()
+    );
+}
+
+/// A raw HTTP/1.1 server on `127.0.0.1:0`: `answer(n)` is the reply to its
+/// n-th request (from 0) as status line and JSON body, or `None` to hold the
+/// connection open without a word. Returns its URL and the request count.
+async fn raw_server(
+    answer: impl Fn(usize) -> Option<(&'static str, Vec<u8>)> + Send + Sync + 'static,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let answer = Arc::clone(&answer);
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head).await;
+                let Some((status, body)) = answer(n) else {
+                    std::future::pending::<()>().await;
+                    return;
+                };
+                let mut reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                reply.extend_from_slice(&body);
+                let _ = conn.write_all(&reply).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (url, hits)
+}
+
+// #11 item 16: an upstream started before the sidecar waits for its JWKS.
+#[tokio::test]
+async fn build_waits_for_a_jwks_file_that_appears_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwks.json");
+    let chain = Chain::main("env:view");
+    let root = chain.root.public().clone();
+    let later = file.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let set = Jwks::publish([&root]);
+        std::fs::write(later, serde_json::to_vec(&set).unwrap()).unwrap();
+    });
+    let auth = Authorizer::builder()
+        .jwks_file(&file)
+        .initial_fetch_timeout(std::time::Duration::from_secs(30))
+        .audience(AUD)
+        .environment("main")
+        .build()
+        .await
+        .unwrap();
+    assert!(
+        auth.verify(&chain.token("env:view"), clock::now())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn build_retries_a_failing_jwks_url_until_it_answers() {
+    let chain = Chain::main("env:view");
+    let body = serde_json::to_vec(&Jwks::publish([chain.root.public()])).unwrap();
+    let (url, hits) = raw_server(move |n| {
+        Some(if n < 2 {
+            ("503 Service Unavailable", b"{}".to_vec())
+        } else {
+            ("200 OK", body.clone())
+        })
+    })
+    .await;
+    let auth = Authorizer::builder()
+        .jwks_url(url)
+        .initial_fetch_timeout(std::time::Duration::from_secs(30))
+        .audience(AUD)
+        .environment("main")
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(
+        auth.verify(&chain.token("env:view"), clock::now())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn build_gives_up_on_a_silent_jwks_url_at_the_initial_fetch_timeout() {
+    let (url, hits) = raw_server(|_| None).await;
+    let started = std::time::Instant::now();
+    let err = Authorizer::builder()
+        .jwks_url(&url)
+        .initial_fetch_timeout(std::time::Duration::from_millis(500))
+        .audience(AUD)
+        .environment("main")
+        .build()
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    let shown = err.to_string();
+    assert!(shown.contains(&url), "the error names the source: {shown}");
+    assert!(shown.contains("initial fetch timeout"), "{shown}");
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // Bounded by the timeout, not by the HTTP client's own 10 s (generous:
+    // the machine may be loaded).
+    assert!(took < std::time::Duration::from_secs(8), "took {took:?}");
+}
+
+#[tokio::test]
+async fn a_zero_initial_fetch_timeout_makes_one_attempt() {
+    let (url, hits) = raw_server(|_| Some(("503 Service Unavailable", b"{}".to_vec()))).await;
+    let err = Authorizer::builder()
+        .jwks_url(&url)
+        .initial_fetch_timeout(std::time::Duration::ZERO)
+        .audience(AUD)
+        .environment("main")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("HTTP 503"), "{err}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
