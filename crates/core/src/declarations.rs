@@ -12,6 +12,9 @@
 //! - a cron runs in its app's container and always inherits: an
 //!   `authorizations` key on a cron is an error;
 //! - a `task:operate` resource must name a task declared in the same file;
+//! - an app, worker or task may name the platform issuer's identity it
+//!   reuses with `identity: <workload id>` (DESIGN §8); a cron may not, it
+//!   runs under its app's identity;
 //! - keys authproxy does not use are ignored, except inside an authorization
 //!   entry, where an unknown key is an error (it is probably a typo that
 //!   would silently widen or narrow access).
@@ -99,6 +102,7 @@ pub struct Effective {
 pub struct Declarations {
     workloads: BTreeMap<WorkloadId, Effective>,
     crons: Vec<(Name, Name)>,
+    identities: BTreeMap<WorkloadId, WorkloadId>,
 }
 
 impl Declarations {
@@ -137,6 +141,13 @@ impl Declarations {
     /// Every declared workload with its effective authorizations.
     pub fn workloads(&self) -> impl Iterator<Item = (&WorkloadId, &Effective)> {
         self.workloads.iter()
+    }
+
+    /// The identity a workload declares it reuses (`identity: app/web`), if
+    /// any. Identities live in the platform issuer, named after the workload
+    /// they were created for; without this key a workload has its own.
+    pub fn identity(&self, id: &WorkloadId) -> Option<&WorkloadId> {
+        self.identities.get(id)
     }
 
     /// Every cron as `(app, cron)`; a cron uses `app/<app>`'s authorizations.
@@ -239,6 +250,7 @@ impl Walker {
         let mut decl = Declarations {
             workloads: BTreeMap::new(),
             crons: Vec::new(),
+            identities: BTreeMap::new(),
         };
         let Some(top) = self.mapping(root, "") else {
             return decl;
@@ -263,8 +275,10 @@ impl Walker {
                 Some(v) => self.authorizations(v, &join(&path, "authorizations"), &task_names),
                 None => ScopeSet::new(),
             };
+            let id = WorkloadId::Task(task);
+            self.identity(&mut decl, &id, &m, &path);
             decl.workloads.insert(
-                WorkloadId::Task(task),
+                id,
                 Effective {
                     authorizations: auths,
                     inherited_from: None,
@@ -309,8 +323,9 @@ impl Walker {
                         inherited_from: Some(app_id.clone()),
                     },
                 };
-                decl.workloads
-                    .insert(WorkloadId::Worker(app.clone(), worker), effective);
+                let id = WorkloadId::Worker(app.clone(), worker);
+                self.identity(decl, &id, &wm, &wpath);
+                decl.workloads.insert(id, effective);
             }
         }
         if let Some(crons) = m.get("crons") {
@@ -327,9 +342,19 @@ impl Walker {
                         ),
                     );
                 }
+                if cm.get("identity").is_some() {
+                    self.problem(
+                        &join(&cpath, "identity"),
+                        format!(
+                            "a cron runs in its app's container under {app_id}'s identity; \
+                             remove this key (or declare it on the app)"
+                        ),
+                    );
+                }
                 decl.crons.push((app.clone(), cron));
             }
         }
+        self.identity(decl, &app_id, &m, path);
         decl.workloads.insert(
             app_id,
             Effective {
@@ -337,6 +362,38 @@ impl Walker {
                 inherited_from: None,
             },
         );
+    }
+
+    /// Records the optional `identity` key of the workload `id`.
+    fn identity(
+        &mut self,
+        decl: &mut Declarations,
+        id: &WorkloadId,
+        m: &MappingView<'_>,
+        path: &str,
+    ) {
+        let Some(v) = m.get("identity") else {
+            return;
+        };
+        let path = join(path, "identity");
+        match v {
+            Value::String(s) => match s.parse::<WorkloadId>() {
+                Ok(identity) => {
+                    decl.identities.insert(id.clone(), identity);
+                }
+                Err(e) => self.problem(
+                    &path,
+                    format!("{e}: an identity is named after the workload it was created for"),
+                ),
+            },
+            other => self.problem(
+                &path,
+                format!(
+                    "expected the name of an identity (a workload id such as app/web), found {}",
+                    kind_of(other)
+                ),
+            ),
+        }
     }
 
     fn authorizations(&mut self, v: &Value, path: &str, tasks: &BTreeSet<Name>) -> ScopeSet {
@@ -528,6 +585,38 @@ mod tests {
                 "tasks.Bad",
                 "applications.web.authorizations[0]",
                 "applications.web.crons.nightly.authorizations"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_workload_may_name_the_identity_it_reuses() {
+        let d = parse(
+            "applications:\n  site:\n    identity: app/web\n    workers:\n      q: { identity: worker/web/queue }\ntasks:\n  t: { identity: task/old }\n  u: {}\n",
+        )
+        .unwrap();
+        let identity = |w: &str| d.identity(&w.parse().unwrap()).map(ToString::to_string);
+        assert_eq!(identity("app/site").as_deref(), Some("app/web"));
+        assert_eq!(
+            identity("worker/site/q").as_deref(),
+            Some("worker/web/queue")
+        );
+        assert_eq!(identity("task/t").as_deref(), Some("task/old"));
+        assert_eq!(identity("task/u"), None);
+    }
+
+    #[test]
+    fn a_malformed_identity_or_one_on_a_cron_is_a_problem() {
+        let p = problems(
+            "applications:\n  web:\n    identity: Web\n    crons:\n      nightly: { identity: app/web }\ntasks:\n  t: { identity: [x] }\n",
+        );
+        let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "applications.web.crons.nightly.identity",
+                "applications.web.identity",
+                "tasks.t.identity"
             ]
         );
     }

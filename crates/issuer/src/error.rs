@@ -1,0 +1,125 @@
+//! The one error of the issuer's API, and how each answers over HTTP.
+//!
+//! Client mistakes are 4xx with the `{"error","error_description"}` body of
+//! [`ErrorBody`]; server faults are a bare 500 whose detail goes to the log
+//! only. Every authentication failure answers the same 401, whatever the
+//! reason (logged at debug), so a caller learns nothing about which
+//! credentials exist.
+
+use authproxy_core::declarations::Problem;
+use authproxy_core::oauth::ErrorBody;
+use authproxy_core::{Environment, WorkloadId};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+/// Why the issuer refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssuerError {
+    /// No bearer secret, or one that is malformed, unknown or revoked.
+    /// Return `401 Unauthorized` (`invalid_token`, `WWW-Authenticate: Bearer`).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    /// The credential is valid but not bound to that workload and
+    /// environment. Return `403 Forbidden` (`access_denied`).
+    #[error("the credential is not bound to workload `{workload}` in environment `{environment}`")]
+    NotBound {
+        /// The workload asked for.
+        workload: WorkloadId,
+        /// The environment asked for.
+        environment: Environment,
+    },
+    /// The workload is unknown, not synced, or removed.
+    /// Return `404 Not Found` (`unknown_workload`).
+    #[error(
+        "workload `{workload}` is unknown, not synced or removed in environment `{environment}`"
+    )]
+    UnknownWorkload {
+        /// The workload asked for.
+        workload: WorkloadId,
+        /// The environment asked for.
+        environment: Environment,
+    },
+    /// The request is malformed. Return `400 Bad Request` (`invalid_request`).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The declarations break rules; nothing was applied.
+    /// Return `400 Bad Request` (`invalid_declarations`, with every problem).
+    #[error("{} problem(s) in the declarations; nothing was applied", .0.len())]
+    InvalidDeclarations(Vec<Problem>),
+    /// Concurrent syncs of the environment kept changing it under this one.
+    /// Return `409 Conflict` (`conflict`).
+    #[error("the environment kept changing during sync; nothing was applied, try again")]
+    SyncConflict,
+    /// The store failed. Return `500 Internal Server Error`.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Signing or the random number generator failed. Return `500 Internal Server Error`.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl IssuerError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::NotBound { .. } => StatusCode::FORBIDDEN,
+            Self::UnknownWorkload { .. } => StatusCode::NOT_FOUND,
+            Self::InvalidRequest(_) | Self::InvalidDeclarations(_) => StatusCode::BAD_REQUEST,
+            Self::SyncConflict => StatusCode::CONFLICT,
+            Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for IssuerError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = |code: &str, description: String| {
+            axum::Json(ErrorBody::new(code, description)).into_response()
+        };
+        let mut response = match &self {
+            Self::Unauthenticated(reason) => {
+                tracing::debug!(reason, "request refused: unauthenticated");
+                let mut r = body(
+                    "invalid_token",
+                    "missing, malformed, unknown or revoked bearer credential".into(),
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                r
+            }
+            Self::NotBound { .. } => body("access_denied", self.to_string()),
+            Self::UnknownWorkload { .. } => body("unknown_workload", self.to_string()),
+            Self::InvalidRequest(_) => body("invalid_request", self.to_string()),
+            Self::InvalidDeclarations(problems) => {
+                let listed: Vec<_> = problems
+                    .iter()
+                    .map(|p| json!({"path": p.path, "message": p.message}))
+                    .collect();
+                axum::Json(json!({
+                    "error": "invalid_declarations",
+                    "error_description": self.to_string(),
+                    "problems": listed,
+                }))
+                .into_response()
+            }
+            Self::SyncConflict => body("conflict", self.to_string()),
+            Self::Store(_) | Self::Internal(_) => {
+                tracing::error!(error = %self, "request failed");
+                body(
+                    "server_error",
+                    "internal error; the issuer's log has the detail".into(),
+                )
+            }
+        };
+        *response.status_mut() = status;
+        response
+    }
+}

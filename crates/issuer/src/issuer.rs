@@ -1,0 +1,391 @@
+//! The issuer node: its root key, its store, and the use cases the HTTP
+//! routes call — publish keys, check the admin token, sync declarations,
+//! issue grants. Every method takes `now`; none reads the clock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use authproxy_core::declarations::Declarations;
+use authproxy_core::grant::{Grant, GrantRequest};
+use authproxy_core::keys::{Jwks, KeyError, PublicKey, SigningKey, random_id};
+use authproxy_core::root_key::{RootKeyError, load_or_create_root_key};
+use authproxy_core::{Environment, WorkloadId};
+use serde::{Serialize, Serializer};
+
+use crate::config::{IssuerConfig, StoreUrl};
+use crate::error::IssuerError;
+use crate::secret::{ADMIN_TOKEN_PREFIX, Secret, WORKLOAD_CREDENTIAL_PREFIX};
+use crate::state_dir::{StateFileError, load_or_create_admin_token, load_or_create_node_id};
+use crate::store::{
+    BootstrapKind, CredentialOwner, GrantRecord, RootKeyRecord, RootKeyState, SqliteStore, Store,
+    StoreError, SyncApplied,
+};
+use crate::sync::{self, Plan};
+
+/// How many times a sync is planned again when a concurrent sync changed
+/// the environment under it.
+const SYNC_ATTEMPTS: usize = 3;
+
+/// Why the issuer could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The root key could not be loaded or created.
+    #[error(transparent)]
+    RootKey(#[from] RootKeyError),
+    /// The node id or the admin token file could not be used.
+    #[error(transparent)]
+    StateFile(#[from] StateFileError),
+    /// The store could not be opened or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One issuer node.
+#[derive(Debug)]
+pub struct Issuer {
+    config: IssuerConfig,
+    store: Arc<dyn Store>,
+    root: SigningKey,
+    node: String,
+}
+
+/// Who asked for a grant, as its bootstrap credential proved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Bootstrap {
+    /// A workload credential of this identity.
+    WorkloadCredential(CredentialOwner),
+}
+
+impl Bootstrap {
+    fn kind(&self) -> BootstrapKind {
+        match self {
+            Self::WorkloadCredential(_) => BootstrapKind::WorkloadCredential,
+        }
+    }
+}
+
+/// A grant request, parsed.
+#[derive(Debug, Clone)]
+pub struct GrantApplication {
+    /// The workload the sidecar serves.
+    pub workload: WorkloadId,
+    /// Its environment.
+    pub environment: Environment,
+    /// The sidecar's public key, which the grant binds (`cnf.jkt`).
+    pub public_key: PublicKey,
+}
+
+/// A grant issued.
+#[derive(Clone)]
+pub struct IssuedGrant {
+    /// The grant, compact JWS.
+    pub grant: String,
+    /// Its id (`jti`).
+    pub jti: String,
+    /// Its expiry (unix seconds).
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for IssuedGrant {
+    // The compact grant is half of a sidecar's signing authority: not logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedGrant")
+            .field("jti", &self.jti)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of a sync: the plan, and the workload credentials it created
+/// (shown once, here, and stored only as hashes).
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    /// The environment synced.
+    pub environment: String,
+    /// True when nothing was applied on purpose.
+    pub dry_run: bool,
+    /// What changed, or would.
+    #[serde(flatten)]
+    pub plan: Plan,
+    /// Workload id → its new `ap_wc_…` credential, for each identity the
+    /// sync created (an identity created by sync is named after its
+    /// workload). Empty on a dry run.
+    #[serde(serialize_with = "expose_all")]
+    pub credentials: BTreeMap<String, Secret>,
+}
+
+fn expose_all<S: Serializer>(map: &BTreeMap<String, Secret>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(map.iter().map(|(k, v)| (k, v.expose())))
+}
+
+/// RFC 8414 authorization server metadata.
+#[derive(Debug, Clone, Serialize)]
+pub struct Metadata {
+    /// The issuer URL (`iss` of grants).
+    pub issuer: String,
+    /// Where the root public keys are.
+    pub jwks_uri: String,
+    /// The PAT exchange endpoint (DESIGN §9).
+    pub token_endpoint: String,
+    /// `["client_credentials"]`.
+    pub grant_types_supported: Vec<&'static str>,
+    /// Empty: no authorization endpoint (required member, RFC 8414 §2).
+    pub response_types_supported: Vec<&'static str>,
+}
+
+impl Issuer {
+    /// Starts a node: loads or creates its root key, node id and admin
+    /// token under `state_dir`, opens (creating on first start) the store,
+    /// and records the root public key and the admin token's hash there.
+    pub async fn open(config: IssuerConfig, now: u64) -> Result<Self, OpenError> {
+        // The root key first: it creates `state_dir` 0700.
+        let root = load_or_create_root_key(&config.issuer.state_dir)?;
+        let node = load_or_create_node_id(&config.issuer.state_dir)?;
+        let admin_token = load_or_create_admin_token(&config.issuer.state_dir)?;
+        let store: Arc<dyn Store> = match &config.store.url {
+            StoreUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
+        };
+        store
+            .record_root_key(&RootKeyRecord {
+                node: node.clone(),
+                public_key: root.public().clone(),
+                state: RootKeyState::Active,
+                created_at: now,
+            })
+            .await?;
+        // Re-adding the hash of an existing file is a no-op, and keeps a
+        // token revoked in the store revoked.
+        store.add_admin_token(&admin_token.hash(), now).await?;
+        tracing::info!(
+            node = %node,
+            kid = %root.public().thumbprint(),
+            store = ?config.store.url,
+            admin_token_file = %config.admin_token_file().display(),
+            "issuer node ready"
+        );
+        Ok(Self {
+            config,
+            store,
+            root,
+            node,
+        })
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &IssuerConfig {
+        &self.config
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The `kid` (thumbprint) of the root key this node signs with.
+    pub fn root_kid(&self) -> &str {
+        self.root.public().thumbprint()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Every live root public key of every node, as a JWKS.
+    pub async fn jwks(&self, now: u64) -> Result<Jwks, IssuerError> {
+        let keys = self.store.live_root_keys(now).await?;
+        Ok(Jwks::publish(keys.iter().map(|k| &k.public_key)))
+    }
+
+    /// RFC 8414 metadata.
+    pub fn metadata(&self) -> Metadata {
+        Metadata {
+            issuer: self.config.issuer.url.clone(),
+            jwks_uri: self.config.jwks_uri(),
+            token_endpoint: self.config.token_endpoint(),
+            grant_types_supported: vec!["client_credentials"],
+            response_types_supported: Vec::new(),
+        }
+    }
+
+    /// Checks an admin bearer token against every admin token in the store.
+    pub async fn authorize_admin(&self, bearer: Option<&str>, now: u64) -> Result<(), IssuerError> {
+        let token = bearer
+            .and_then(|b| Secret::presented(b, ADMIN_TOKEN_PREFIX))
+            .ok_or(IssuerError::Unauthenticated(
+                "missing or malformed admin token",
+            ))?;
+        let known = self.store.admin_token_hashes(now).await?;
+        // Compared in constant time, against every known hash.
+        if token.hash().is_one_of(&known) {
+            Ok(())
+        } else {
+            Err(IssuerError::Unauthenticated(
+                "unknown or revoked admin token",
+            ))
+        }
+    }
+
+    /// Makes the environment's identities and workloads match
+    /// `declarations` (see [`crate::sync`]), or only computes the plan when
+    /// `dry_run`. Idempotent: a second identical sync changes nothing.
+    pub async fn sync(
+        &self,
+        environment: &Environment,
+        declarations: &Declarations,
+        dry_run: bool,
+        now: u64,
+    ) -> Result<SyncReport, IssuerError> {
+        for _ in 0..SYNC_ATTEMPTS {
+            let state = self.store.sync_state(environment).await?;
+            let planned =
+                sync::plan(declarations, &state).map_err(IssuerError::InvalidDeclarations)?;
+            let mut report = SyncReport {
+                environment: environment.to_string(),
+                dry_run,
+                plan: planned.plan,
+                credentials: BTreeMap::new(),
+            };
+            let mut changes = planned.changes;
+            if dry_run || changes.is_empty() {
+                return Ok(report);
+            }
+            for (identity, _) in &changes.create_identities {
+                let credential = Secret::generate(WORKLOAD_CREDENTIAL_PREFIX).map_err(|_| {
+                    IssuerError::Internal("the OS random number generator failed".into())
+                })?;
+                changes
+                    .new_credentials
+                    .push((identity.clone(), credential.hash()));
+                report.credentials.insert(identity.clone(), credential);
+            }
+            match self.store.apply_sync(&changes, now).await? {
+                SyncApplied::Applied => {
+                    tracing::info!(
+                        environment = %environment,
+                        created = report.plan.created.len(),
+                        updated = report.plan.updated.len(),
+                        unchanged = report.plan.unchanged.len(),
+                        removed = report.plan.removed.len(),
+                        credentials_created = report.credentials.len(),
+                        "sync applied"
+                    );
+                    return Ok(report);
+                }
+                SyncApplied::Conflict => {
+                    tracing::debug!(environment = %environment, "sync raced another; planning again");
+                }
+            }
+        }
+        Err(IssuerError::SyncConflict)
+    }
+
+    /// Authenticates a workload credential (`Authorization: Bearer ap_wc_…`).
+    pub async fn authenticate_workload(
+        &self,
+        bearer: Option<&str>,
+        now: u64,
+    ) -> Result<Bootstrap, IssuerError> {
+        let credential = bearer
+            .and_then(|b| Secret::presented(b, WORKLOAD_CREDENTIAL_PREFIX))
+            .ok_or(IssuerError::Unauthenticated(
+                "missing or malformed workload credential",
+            ))?;
+        self.store
+            .credential_owner(&credential.hash(), now)
+            .await?
+            .map(Bootstrap::WorkloadCredential)
+            .ok_or(IssuerError::Unauthenticated(
+                "unknown or revoked workload credential",
+            ))
+    }
+
+    /// Signs a grant for `application.workload` if `caller` is bound to it
+    /// in `application.environment` and the workload is live. The ceiling
+    /// comes from the store, never from the request.
+    pub async fn issue_grant(
+        &self,
+        caller: &Bootstrap,
+        application: &GrantApplication,
+        now: u64,
+    ) -> Result<IssuedGrant, IssuerError> {
+        let GrantApplication {
+            workload,
+            environment,
+            public_key,
+        } = application;
+        let record = self
+            .store
+            .workload(environment, workload)
+            .await?
+            .ok_or_else(|| IssuerError::UnknownWorkload {
+                workload: workload.clone(),
+                environment: environment.clone(),
+            })?;
+        let Bootstrap::WorkloadCredential(owner) = caller;
+        let identity = owner.identity.clone();
+        // Identities are per environment: the same name in another
+        // environment is another identity.
+        if owner.environment != *environment || owner.identity != record.identity {
+            return Err(IssuerError::NotBound {
+                workload: workload.clone(),
+                environment: environment.clone(),
+            });
+        }
+        if record.removed {
+            return Err(IssuerError::UnknownWorkload {
+                workload: workload.clone(),
+                environment: environment.clone(),
+            });
+        }
+        let jti = random_id();
+        let grant = Grant::issue(
+            &self.root,
+            GrantRequest {
+                issuer: &self.config.issuer.url,
+                workload,
+                environment,
+                ceiling: &record.ceiling,
+                sidecar_key: public_key,
+                ttl_secs: self.config.issuer.grant_ttl.as_secs(),
+            },
+            now,
+            jti.clone(),
+        )
+        .map_err(|e: KeyError| IssuerError::Internal(e.to_string()))?;
+        let expires_at = grant.claims().exp;
+        self.store
+            .record_grant(&GrantRecord {
+                jti: jti.clone(),
+                environment: environment.clone(),
+                workload: workload.clone(),
+                identity,
+                bootstrap: caller.kind(),
+                root_kid: self.root_kid().to_owned(),
+                issued_at: now,
+                expires_at,
+            })
+            .await?;
+        tracing::info!(
+            jti = %jti,
+            workload = %workload,
+            environment = %environment,
+            expires_at = %rfc3339(expires_at),
+            bootstrap = caller.kind().as_str(),
+            "grant issued"
+        );
+        Ok(IssuedGrant {
+            grant: grant.compact().to_owned(),
+            jti,
+            expires_at,
+        })
+    }
+}
+
+/// Unix seconds as an RFC 3339 UTC string (`2025-01-01T00:00:00Z`).
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}

@@ -1,0 +1,283 @@
+//! The issuer's state behind one trait, [`Store`]: one method per use case,
+//! `now` passed in, plain data in and out.
+//!
+//! Decisions (who may have a grant, what a sync changes) are made by the
+//! issuer from what the store returns, never inside an implementation, so a
+//! second backend (PostgreSQL, for more than one issuer node) only has to
+//! store and load. Writes that must stay consistent happen in one
+//! transaction per call, and a sync is applied only if the environment is
+//! still at the version it was planned against (optimistic locking: a plain
+//! `UPDATE … WHERE version = ?` that works the same on every SQL database).
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use authproxy_core::keys::PublicKey;
+use authproxy_core::{Environment, ScopeSet, WorkloadId};
+
+use crate::secret::SecretHash;
+
+pub use sqlite::SqliteStore;
+
+/// What every store method returns: a boxed future, so that the issuer can
+/// hold any backend as `Arc<dyn Store>` and pick it from the store URL.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A store failure. Never a client's fault: the HTTP layer answers 500 and
+/// logs it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be opened or created.
+    #[error("cannot open the store {location}: {source}")]
+    Open {
+        /// Where (a path; never a URL with a password).
+        location: String,
+        /// Why.
+        source: sqlx::Error,
+    },
+    /// The schema migrations failed.
+    #[error("cannot migrate the store: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("store query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    /// A row holds something this version cannot read.
+    #[error("store holds an unreadable {what}: {detail}")]
+    Corrupt {
+        /// Which kind of row.
+        what: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+/// The life stage of a root key (DESIGN §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RootKeyState {
+    /// Signs grants and is published.
+    Active,
+    /// No longer signs, still published while grants it signed may be valid.
+    Retiring,
+    /// Neither signs nor is published.
+    Retired,
+}
+
+impl RootKeyState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Retiring => "retiring",
+            Self::Retired => "retired",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "retiring" => Some(Self::Retiring),
+            "retired" => Some(Self::Retired),
+            _ => None,
+        }
+    }
+}
+
+/// A root public key of one issuer node. The private half never leaves
+/// that node's `state_dir`.
+#[derive(Debug, Clone)]
+pub struct RootKeyRecord {
+    /// The node that holds the private key.
+    pub node: String,
+    /// The public key (its thumbprint is the `kid`).
+    pub public_key: PublicKey,
+    /// Its life stage.
+    pub state: RootKeyState,
+    /// When it was recorded (unix seconds).
+    pub created_at: u64,
+}
+
+/// An identity of an environment: what a workload credential authenticates
+/// as. Named after the workload it was created for; its ceiling is managed
+/// by sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRecord {
+    /// Its name (a workload id).
+    pub name: String,
+    /// The authorizations grants for it carry.
+    pub ceiling: ScopeSet,
+    /// True when no declared workload uses it any more.
+    pub removed: bool,
+}
+
+/// A workload of an environment as last synced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadRecord {
+    /// The workload.
+    pub workload: WorkloadId,
+    /// The identity it runs as.
+    pub identity: String,
+    /// Its identity's ceiling.
+    pub ceiling: ScopeSet,
+    /// True once it is no longer declared: it gets no new grants.
+    pub removed: bool,
+}
+
+/// Everything sync compares declarations with, for one environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncState {
+    /// The environment.
+    pub environment: Environment,
+    /// Its version: a sync applies only if it is unchanged (0 before the first).
+    pub version: i64,
+    /// Its identities, by name, removed ones included.
+    pub identities: BTreeMap<String, IdentityRecord>,
+    /// Its workloads, removed ones included.
+    pub workloads: BTreeMap<WorkloadId, WorkloadRecord>,
+}
+
+/// What a sync writes, computed by [`crate::sync::plan`]; applied in one
+/// transaction or not at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncChanges {
+    /// The environment.
+    pub environment: Environment,
+    /// The version the changes were planned against.
+    pub expected_version: i64,
+    /// Identities to create, with their ceilings.
+    pub create_identities: Vec<(String, ScopeSet)>,
+    /// Existing identities to set live with this ceiling.
+    pub update_identities: Vec<(String, ScopeSet)>,
+    /// Identities no declared workload uses any more.
+    pub remove_identities: Vec<String>,
+    /// Workloads to (re)link to an identity and set live.
+    pub link_workloads: Vec<(WorkloadId, String)>,
+    /// Workloads no longer declared.
+    pub remove_workloads: Vec<WorkloadId>,
+    /// New workload credentials (by hash) and the identity each authenticates.
+    pub new_credentials: Vec<(String, SecretHash)>,
+}
+
+impl SyncChanges {
+    /// True when applying would write nothing.
+    pub fn is_empty(&self) -> bool {
+        self.create_identities.is_empty()
+            && self.update_identities.is_empty()
+            && self.remove_identities.is_empty()
+            && self.link_workloads.is_empty()
+            && self.remove_workloads.is_empty()
+            && self.new_credentials.is_empty()
+    }
+}
+
+/// Whether [`Store::apply_sync`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum SyncApplied {
+    /// Written; the environment's version moved on.
+    Applied,
+    /// Another sync changed the environment since it was read: nothing was
+    /// written; plan again.
+    Conflict,
+}
+
+/// Who a workload credential belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialOwner {
+    /// The environment of its identity.
+    pub environment: Environment,
+    /// The identity.
+    pub identity: String,
+}
+
+/// How a sidecar proved who it is when it asked for a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BootstrapKind {
+    /// An `ap_wc_…` workload credential.
+    WorkloadCredential,
+    /// A Kubernetes projected service-account token.
+    KubernetesServiceAccount,
+}
+
+impl BootstrapKind {
+    /// The name stored and logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WorkloadCredential => "workload_credential",
+            Self::KubernetesServiceAccount => "kubernetes_service_account",
+        }
+    }
+}
+
+/// A grant the issuer signed (its id is the grant's `jti`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// The grant id (`jti`).
+    pub jti: String,
+    /// The environment.
+    pub environment: Environment,
+    /// The workload.
+    pub workload: WorkloadId,
+    /// The identity that asked.
+    pub identity: String,
+    /// How it proved it.
+    pub bootstrap: BootstrapKind,
+    /// The `kid` of the root key that signed it.
+    pub root_kid: String,
+    /// Issued at (unix seconds).
+    pub issued_at: u64,
+    /// Expiry (unix seconds).
+    pub expires_at: u64,
+}
+
+/// The issuer's state. See the module doc for the rules implementations
+/// follow.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Records a node's root public key as active; recording a key already
+    /// known changes nothing.
+    fn record_root_key<'a>(&'a self, key: &'a RootKeyRecord) -> StoreFuture<'a, ()>;
+
+    /// Every root public key whose grants may still be valid at `now`
+    /// (active and retiring), from every node: the JWKS.
+    fn live_root_keys(&self, now: u64) -> StoreFuture<'_, Vec<RootKeyRecord>>;
+
+    /// Adds an admin token (by hash); adding one already known changes
+    /// nothing, in particular it does not un-revoke it.
+    fn add_admin_token<'a>(&'a self, hash: &'a SecretHash, now: u64) -> StoreFuture<'a, ()>;
+
+    /// The hashes of every admin token valid at `now`, for a constant-time
+    /// comparison by the caller.
+    fn admin_token_hashes(&self, now: u64) -> StoreFuture<'_, Vec<SecretHash>>;
+
+    /// An environment's identities and workloads, for sync to plan against.
+    fn sync_state<'a>(&'a self, environment: &'a Environment) -> StoreFuture<'a, SyncState>;
+
+    /// Applies a planned sync in one transaction, if the environment is
+    /// still at `changes.expected_version`.
+    fn apply_sync<'a>(&'a self, changes: &'a SyncChanges, now: u64)
+    -> StoreFuture<'a, SyncApplied>;
+
+    /// The owner of a workload credential valid at `now` (not revoked), by
+    /// hash.
+    fn credential_owner<'a>(
+        &'a self,
+        hash: &'a SecretHash,
+        now: u64,
+    ) -> StoreFuture<'a, Option<CredentialOwner>>;
+
+    /// A workload of an environment, removed or not, with its identity's
+    /// ceiling.
+    fn workload<'a>(
+        &'a self,
+        environment: &'a Environment,
+        workload: &'a WorkloadId,
+    ) -> StoreFuture<'a, Option<WorkloadRecord>>;
+
+    /// Records a grant issued (for the log of grants and, later, revocation).
+    fn record_grant<'a>(&'a self, grant: &'a GrantRecord) -> StoreFuture<'a, ()>;
+}
