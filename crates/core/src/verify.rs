@@ -386,7 +386,12 @@ mod tests {
     fn a_token_for_another_audience_is_refused() {
         let chain = Chain::new("main", DAY);
         let token = chain.token("env:view", 300, T0);
-        let other = Verifier::new("https://other.example.internal".into(), env("main"), 30, 100);
+        let other = Verifier::new(
+            "https://other.example.internal".into(),
+            env("main"),
+            30,
+            100,
+        );
         assert_eq!(
             other.verify(&token, &chain.roots(), T0).unwrap_err(),
             InvalidToken::WrongAudience
@@ -510,7 +515,9 @@ mod tests {
         assert!(verifier().verify(&longest, &chain.roots(), T0).is_ok());
         let too_long = chain.token("env:view", MAX_TOKEN_LIFETIME + 1, T0);
         assert_eq!(
-            verifier().verify(&too_long, &chain.roots(), T0).unwrap_err(),
+            verifier()
+                .verify(&too_long, &chain.roots(), T0)
+                .unwrap_err(),
             InvalidToken::TooLongLived
         );
     }
@@ -549,10 +556,7 @@ mod tests {
             "the first verification must cache the token"
         );
         // A hit within its life, even without the roots at hand.
-        assert!(
-            v.verify(&token, &RootKeys::new(), exp + LEEWAY - 1)
-                .is_ok()
-        );
+        assert!(v.verify(&token, &RootKeys::new(), exp + LEEWAY - 1).is_ok());
         assert_eq!(
             v.verify(&token, &chain.roots(), exp + LEEWAY).unwrap_err(),
             InvalidToken::Expired(Part::Token)
