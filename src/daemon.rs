@@ -215,7 +215,7 @@ impl Daemon {
     /// error says why. Returns whether the ceiling changed.
     pub async fn reload(&self, now: u64) -> Result<bool, ReloadError> {
         let _writer = self.grant_writer.lock().await;
-        let changed = self.services.source.reload()?;
+        let changed = self.services.source.reload().await?;
         if changed {
             let sidecar = self.sidecar();
             let grant = self

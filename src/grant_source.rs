@@ -34,6 +34,15 @@ pub enum SourceError {
     /// The root key could not be loaded or created.
     #[error(transparent)]
     RootKey(#[from] RootKeyError),
+    /// The thread reading the declarations failed (it panicked, or the
+    /// runtime is shutting down).
+    #[error("{declarations}: reading the declarations did not finish: {source}")]
+    Interrupted {
+        /// The declarations file.
+        declarations: PathBuf,
+        /// Why.
+        source: tokio::task::JoinError,
+    },
 }
 
 /// Why no grant was obtained.
@@ -68,11 +77,12 @@ impl GrantSource {
         }
     }
 
-    /// Re-reads what decides the ceiling (the declarations file). On error
-    /// nothing changes. Returns whether the ceiling changed.
-    pub fn reload(&self) -> Result<bool, SourceError> {
+    /// Re-reads what decides the ceiling (the declarations file), off the
+    /// runtime's threads. On error nothing changes. Returns whether the
+    /// ceiling changed.
+    pub async fn reload(&self) -> Result<bool, SourceError> {
         match self {
-            Self::Embedded(e) => e.reload(),
+            Self::Embedded(e) => e.reload().await,
         }
     }
 
@@ -132,8 +142,22 @@ impl Embedded {
         )?)
     }
 
-    fn reload(&self) -> Result<bool, SourceError> {
-        let ceiling = load_ceiling(&self.config_file, &self.declarations, &self.workload)?;
+    /// Reading and parsing run on the blocking pool: the sidecar runs on
+    /// one runtime thread, and a slow disk or a large file must not stop it
+    /// answering meanwhile.
+    async fn reload(&self) -> Result<bool, SourceError> {
+        let (config, declarations, workload) = (
+            self.config_file.clone(),
+            self.declarations.clone(),
+            self.workload.clone(),
+        );
+        let ceiling =
+            tokio::task::spawn_blocking(move || load_ceiling(&config, &declarations, &workload))
+                .await
+                .map_err(|source| SourceError::Interrupted {
+                    declarations: self.declarations.clone(),
+                    source,
+                })??;
         let changed = *self.ceiling.load() != ceiling;
         self.ceiling.store(ceiling);
         Ok(changed)

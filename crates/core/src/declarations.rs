@@ -15,6 +15,11 @@
 //! - keys authproxy does not use are ignored, except inside an authorization
 //!   entry, where an unknown key is an error (it is probably a typo that
 //!   would silently widen or narrow access).
+//!
+//! Limits: a file is at most [`MAX_FILE_BYTES`] (256 KiB) and nests at most
+//! [`MAX_DEPTH`] (32) levels. A reload parses on the sidecar's runtime
+//! (off its thread, but still CPU): without them a small file nesting flow
+//! collections thousands deep took seconds to parse (see [`nesting`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -24,6 +29,16 @@ use serde_norway::{Mapping, Value};
 
 use crate::authorization::{Authorization, Name, ScopeSet};
 use crate::workload::WorkloadId;
+
+mod nesting;
+
+/// The largest declarations file authproxy reads, in bytes (256 KiB: a
+/// project with hundreds of workloads takes a few KiB).
+pub const MAX_FILE_BYTES: usize = 256 * 1024;
+
+/// The deepest nesting of mappings and lists authproxy reads. Its own keys
+/// nest six deep; the rest is headroom.
+pub const MAX_DEPTH: usize = 32;
 
 /// One broken rule, located by its path inside the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +79,24 @@ pub enum DeclarationsError {
         /// The parser's message, with line and column.
         message: String,
     },
+    /// The file is larger than [`MAX_FILE_BYTES`].
+    #[error("{file}: larger than {} KiB, the most authproxy reads from a declarations file", limit / 1024)]
+    TooLarge {
+        /// The file.
+        file: PathBuf,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Mappings and lists nest deeper than [`MAX_DEPTH`].
+    #[error("{file}: {at}: nested deeper than {limit} levels, the most authproxy reads")]
+    TooDeep {
+        /// The file.
+        file: PathBuf,
+        /// Where: `line N`, or the path of the first value too deep.
+        at: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The file is YAML but breaks one or more rules; all are listed.
     #[error("{file}: {} problem(s) in declarations:{}", problems.len(), ProblemList(problems))]
     Invalid {
@@ -102,21 +135,53 @@ pub struct Declarations {
 }
 
 impl Declarations {
-    /// Reads and validates a declarations file.
+    /// Reads and validates a declarations file. Reads at most one byte
+    /// more than [`MAX_FILE_BYTES`], whatever the file is.
     pub fn load(path: &Path) -> Result<Self, DeclarationsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DeclarationsError::Read {
+        use std::io::Read as _;
+        let read = |source| DeclarationsError::Read {
             file: path.to_owned(),
             source,
-        })?;
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(read)?
+            .take(MAX_FILE_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(read)?;
         Self::parse(&text, path)
     }
 
     /// Validates declarations given as text; `file` is used in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Self, DeclarationsError> {
-        let root: Value = serde_norway::from_str(text).map_err(|e| DeclarationsError::Syntax {
+        let too_deep = |at: String| DeclarationsError::TooDeep {
             file: file.to_owned(),
-            message: e.to_string(),
+            at,
+            limit: MAX_DEPTH,
+        };
+        if text.len() > MAX_FILE_BYTES {
+            return Err(DeclarationsError::TooLarge {
+                file: file.to_owned(),
+                limit: MAX_FILE_BYTES,
+            });
+        }
+        // Flow nesting first, before the parser spends time on it.
+        nesting::check(text, MAX_DEPTH).map_err(|line| too_deep(format!("line {line}")))?;
+        let root: Value = serde_norway::from_str(text).map_err(|e| {
+            // Block nesting past serde_norway's own limit (128) ends here.
+            match e.location() {
+                Some(at) if e.to_string().starts_with("recursion limit exceeded") => {
+                    too_deep(format!("line {}", at.line()))
+                }
+                _ => DeclarationsError::Syntax {
+                    file: file.to_owned(),
+                    message: e.to_string(),
+                },
+            }
         })?;
+        if let Some(path) = deeper_than(&root, MAX_DEPTH, "") {
+            return Err(too_deep(path));
+        }
         let mut walker = Walker::default();
         let decl = walker.root(&root);
         if walker.problems.is_empty() {
@@ -446,6 +511,37 @@ impl<'v> MappingView<'v> {
     }
 }
 
+/// The path of the first collection nested deeper than `limit` inside `v`
+/// (which is itself at depth 1 if a collection), if any.
+fn deeper_than(v: &Value, limit: usize, path: &str) -> Option<String> {
+    let children: Vec<(String, &Value)> = match v {
+        Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (format!("{path}[{i}]"), item))
+            .collect(),
+        Value::Mapping(m) => m
+            .iter()
+            .map(|(k, item)| {
+                let key = k.as_str().map_or_else(|| format!("{k:?}"), str::to_owned);
+                (join(path, &key), item)
+            })
+            .collect(),
+        Value::Tagged(t) => return deeper_than(&t.value, limit, path),
+        _ => return None,
+    };
+    if limit == 0 {
+        return Some(if path.is_empty() {
+            "the top level".to_owned()
+        } else {
+            path.to_owned()
+        });
+    }
+    children
+        .into_iter()
+        .find_map(|(child_path, child)| deeper_than(child, limit - 1, &child_path))
+}
+
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_owned()
@@ -530,6 +626,79 @@ mod tests {
                 "applications.web.crons.nightly.authorizations"
             ]
         );
+    }
+
+    /// A file over the size limit is refused before it is parsed.
+    #[test]
+    fn a_file_over_256_kib_is_refused_naming_the_limit() {
+        let mut text = String::from("applications:\n");
+        let mut i = 0;
+        while text.len() < 300_000 {
+            text.push_str(&format!("  app-{i}: {{}}\n"));
+            i += 1;
+        }
+        let e = parse(&text).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DeclarationsError::TooLarge {
+                    limit: MAX_FILE_BYTES,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("project.yaml: "), "{e}");
+        assert!(e.to_string().contains("256 KiB"), "{e}");
+    }
+
+    /// `load` stops reading past the limit, whatever the file is.
+    #[test]
+    fn load_reads_no_more_than_the_limit() {
+        let e = Declarations::load(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(e, DeclarationsError::TooLarge { .. }), "{e}");
+    }
+
+    /// 10,000 levels of flow nesting, sequences and mappings: refused
+    /// before the YAML parser sees them (its scanner is quadratic in the
+    /// depth of flow collections).
+    #[test]
+    fn ten_thousand_levels_of_nesting_are_refused() {
+        for text in [
+            format!("applications: {}{}", "[".repeat(10_000), "]".repeat(10_000)),
+            format!("tasks: {}{}", "{a: ".repeat(10_000), "}".repeat(10_000)),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(
+                matches!(&e, DeclarationsError::TooDeep { at, limit: 32, .. } if at == "line 1"),
+                "{e}"
+            );
+            assert!(e.to_string().contains("nested deeper than 32"), "{e}");
+        }
+    }
+
+    /// Block nesting is cheap to parse; past 32 levels it is refused with
+    /// the path of the first value too deep, and past serde_norway's own
+    /// limit (128) with the line.
+    #[test]
+    fn deep_block_nesting_is_refused() {
+        let block = |levels: usize| -> String {
+            (0..levels)
+                .map(|i| format!("{}k:\n", " ".repeat(i)))
+                .collect()
+        };
+        let e = parse(&block(40)).unwrap_err();
+        let path = vec!["k"; 32].join(".");
+        assert!(
+            matches!(&e, DeclarationsError::TooDeep { at, .. } if *at == path),
+            "{e}"
+        );
+        let e = parse(&block(200)).unwrap_err();
+        assert!(
+            matches!(&e, DeclarationsError::TooDeep { at, .. } if at.starts_with("line ")),
+            "{e}"
+        );
+        assert!(parse(&block(32)).is_ok());
     }
 
     #[test]
