@@ -12,9 +12,23 @@
 //! - a cron runs in its app's container and always inherits: an
 //!   `authorizations` key on a cron is an error;
 //! - a `task:operate` resource must name a task declared in the same file;
-//! - keys authproxy does not use are ignored, except inside an authorization
-//!   entry, where an unknown key is an error (it is probably a typo that
-//!   would silently widen or narrow access).
+//! - a name that breaks the pattern is an error, and what is declared under
+//!   it is still checked (paths show the name as written), so one bad name
+//!   does not hide the problems below it.
+//!
+//! Unknown keys: at every level authproxy reads — the top level, an
+//! application, a worker, a task, an authorization entry — a key it does
+//! not know is an error, with a "did you mean" when one is close. A typo
+//! there is never harmless: a worker's misspelt `authorizations` would
+//! silently inherit its app's authorizations instead of overriding them,
+//! and a misspelt `applications` would declare nothing. This was a choice
+//! (#11): the file is authproxy's declarations, and platform keys such as
+//! an app's `type` or `size` do not belong in it. The one exception is the
+//! body of a cron, which carries the platform's scheduling keys (`spec`,
+//! `cmd`, `shutdown_timeout`, …); authproxy reads nothing there but checks
+//! that `authorizations` is absent. `identity` (DESIGN §8: which platform
+//! identity a workload reuses) is accepted on apps, workers and tasks; the
+//! sidecar does not read it.
 //!
 //! Limits: a file is at most [`MAX_FILE_BYTES`] (256 KiB) and nests at most
 //! [`MAX_DEPTH`] (32) levels. A reload parses on the sidecar's runtime
@@ -31,6 +45,13 @@ use crate::authorization::{Authorization, Name, ScopeSet};
 use crate::workload::WorkloadId;
 
 mod nesting;
+
+/// The keys authproxy reads at each level; anything else is an error.
+const TOP_KEYS: &[&str] = &["applications", "tasks"];
+const APP_KEYS: &[&str] = &["authorizations", "workers", "crons", "identity"];
+const WORKER_KEYS: &[&str] = &["authorizations", "identity"];
+const TASK_KEYS: &[&str] = &["authorizations", "identity"];
+const AUTHORIZATION_KEYS: &[&str] = &["type", "action", "resource"];
 
 /// The largest declarations file authproxy reads, in bytes (256 KiB: a
 /// project with hundreds of workloads takes a few KiB).
@@ -274,13 +295,25 @@ impl Walker {
         }
     }
 
-    /// The entries of a mapping whose keys must be names.
-    fn named_entries<'v>(&mut self, v: &'v Value, path: &str) -> Vec<(Name, &'v Value, String)> {
+    /// Reports every key of `m` that is not in `known`, at its own path.
+    fn unknown_keys(&mut self, m: &MappingView<'_>, path: &str, known: &[&str]) {
+        for (k, _) in m.iter() {
+            let key = key_text(k);
+            if !known.contains(&key.as_str()) {
+                self.problem(&join(path, &key), unknown_key(&key, known));
+            }
+        }
+    }
+
+    /// The entries of a mapping whose keys must be names: each with its
+    /// name (`None`, and a problem recorded, if the key is not a valid
+    /// name), its body, and its path with the key as written.
+    fn named_entries<'v>(&mut self, v: &'v Value, path: &str) -> Vec<Entry<'v>> {
         let Some(m) = self.mapping(v, path) else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (k, child) in m.iter() {
+        for (k, body) in m.iter() {
             let key = match k {
                 Value::String(s) => s.clone(),
                 other => {
@@ -291,11 +324,20 @@ impl Walker {
                     continue;
                 }
             };
-            let child_path = join(path, &key);
-            match Name::parse(&key) {
-                Ok(n) => out.push((n, child, child_path)),
-                Err(e) => self.problem(&child_path, e.to_string()),
-            }
+            let entry_path = join(path, &key);
+            let name = match Name::parse(&key) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    self.problem(&entry_path, e.to_string());
+                    None
+                }
+            };
+            out.push(Entry {
+                name,
+                written: key,
+                body,
+                path: entry_path,
+            });
         }
         out
     }
@@ -308,100 +350,110 @@ impl Walker {
         let Some(top) = self.mapping(root, "") else {
             return decl;
         };
+        self.unknown_keys(&top, "", TOP_KEYS);
         // Task names first: resources anywhere in the file refer to them.
         let tasks = top
             .get("tasks")
             .map(|v| self.named_entries(v, "tasks"))
             .unwrap_or_default();
-        let task_names: BTreeSet<Name> = tasks.iter().map(|(n, _, _)| n.clone()).collect();
+        let task_names: BTreeSet<Name> = tasks.iter().filter_map(|e| e.name.clone()).collect();
 
         if let Some(apps) = top.get("applications") {
-            for (app, body, path) in self.named_entries(apps, "applications") {
-                self.application(&mut decl, app, body, &path, &task_names);
+            for app in self.named_entries(apps, "applications") {
+                self.application(&mut decl, app, &task_names);
             }
         }
-        for (task, body, path) in tasks {
-            let Some(m) = self.mapping(body, &path) else {
+        for task in tasks {
+            let Some(m) = self.mapping(task.body, &task.path) else {
                 continue;
             };
+            self.unknown_keys(&m, &task.path, TASK_KEYS);
             let auths = match m.get("authorizations") {
-                Some(v) => self.authorizations(v, &join(&path, "authorizations"), &task_names),
+                Some(v) => self.authorizations(v, &join(&task.path, "authorizations"), &task_names),
                 None => ScopeSet::new(),
             };
-            decl.workloads.insert(
-                WorkloadId::Task(task),
-                Effective {
-                    authorizations: auths,
-                    inherited_from: None,
-                },
-            );
+            if let Some(name) = task.name {
+                decl.workloads.insert(
+                    WorkloadId::Task(name),
+                    Effective {
+                        authorizations: auths,
+                        inherited_from: None,
+                    },
+                );
+            }
         }
         decl
     }
 
-    fn application(
-        &mut self,
-        decl: &mut Declarations,
-        app: Name,
-        body: &Value,
-        path: &str,
-        tasks: &BTreeSet<Name>,
-    ) {
-        let Some(m) = self.mapping(body, path) else {
+    /// An application, its workers and its crons. Under an invalid app
+    /// name everything is checked but nothing is declared.
+    fn application(&mut self, decl: &mut Declarations, app: Entry<'_>, tasks: &BTreeSet<Name>) {
+        let path = app.path.as_str();
+        let Some(m) = self.mapping(app.body, path) else {
             return;
         };
+        self.unknown_keys(&m, path, APP_KEYS);
         let app_auths = match m.get("authorizations") {
             Some(v) => self.authorizations(v, &join(path, "authorizations"), tasks),
             None => ScopeSet::new(),
         };
-        let app_id = WorkloadId::App(app.clone());
+        let app_id = app.name.clone().map(WorkloadId::App);
         if let Some(workers) = m.get("workers") {
-            for (worker, wbody, wpath) in self.named_entries(workers, &join(path, "workers")) {
-                let Some(wm) = self.mapping(wbody, &wpath) else {
+            for worker in self.named_entries(workers, &join(path, "workers")) {
+                let Some(wm) = self.mapping(worker.body, &worker.path) else {
                     continue;
                 };
+                self.unknown_keys(&wm, &worker.path, WORKER_KEYS);
                 let effective = match wm.get("authorizations") {
                     Some(v) => Effective {
                         authorizations: self.authorizations(
                             v,
-                            &join(&wpath, "authorizations"),
+                            &join(&worker.path, "authorizations"),
                             tasks,
                         ),
                         inherited_from: None,
                     },
                     None => Effective {
                         authorizations: app_auths.clone(),
-                        inherited_from: Some(app_id.clone()),
+                        inherited_from: app_id.clone(),
                     },
                 };
-                decl.workloads
-                    .insert(WorkloadId::Worker(app.clone(), worker), effective);
+                if let (Some(a), Some(w)) = (&app.name, worker.name) {
+                    decl.workloads
+                        .insert(WorkloadId::Worker(a.clone(), w), effective);
+                }
             }
         }
         if let Some(crons) = m.get("crons") {
-            for (cron, cbody, cpath) in self.named_entries(crons, &join(path, "crons")) {
-                let Some(cm) = self.mapping(cbody, &cpath) else {
+            for cron in self.named_entries(crons, &join(path, "crons")) {
+                let Some(cm) = self.mapping(cron.body, &cron.path) else {
                     continue;
                 };
+                // The rest of a cron's keys are the platform's.
                 if cm.get("authorizations").is_some() {
                     self.problem(
-                        &join(&cpath, "authorizations"),
+                        &join(&cron.path, "authorizations"),
                         format!(
-                            "a cron runs in its app's container and always inherits {app_id}'s \
-                             authorizations; remove this key (or declare them on the app)"
+                            "a cron runs in its app's container and always inherits app/{}'s \
+                             authorizations; remove this key (or declare them on the app)",
+                            app.written
                         ),
                     );
                 }
-                decl.crons.push((app.clone(), cron));
+                if let (Some(a), Some(c)) = (&app.name, cron.name) {
+                    decl.crons.push((a.clone(), c));
+                }
             }
         }
-        decl.workloads.insert(
-            app_id,
-            Effective {
-                authorizations: app_auths,
-                inherited_from: None,
-            },
-        );
+        if let Some(id) = app_id {
+            decl.workloads.insert(
+                id,
+                Effective {
+                    authorizations: app_auths,
+                    inherited_from: None,
+                },
+            );
+        }
     }
 
     fn authorizations(&mut self, v: &Value, path: &str, tasks: &BTreeSet<Name>) -> ScopeSet {
@@ -464,13 +516,9 @@ impl Walker {
         let action = field(self, "action", true);
         let resource = field(self, "resource", false);
         for k in m.keys() {
-            let known = matches!(k.as_str(), Some("type" | "action" | "resource"));
-            if !known {
-                let shown = k.as_str().map_or_else(|| format!("{k:?}"), str::to_owned);
-                self.problem(
-                    path,
-                    format!("unknown key `{shown}` (allowed: type, action, resource)"),
-                );
+            let key = key_text(k);
+            if !AUTHORIZATION_KEYS.contains(&key.as_str()) {
+                self.problem(path, unknown_key(&key, AUTHORIZATION_KEYS));
                 ok = false;
             }
         }
@@ -495,6 +543,36 @@ impl Walker {
                 None
             }
         }
+    }
+}
+
+/// One entry of a mapping keyed by names (an app, worker, cron or task).
+struct Entry<'v> {
+    /// The name, if the key is a valid one.
+    name: Option<Name>,
+    /// The key as written.
+    written: String,
+    body: &'v Value,
+    /// Its path, with the key as written.
+    path: String,
+}
+
+/// "unknown key `x` (did you mean `y`?)", or the keys allowed there.
+fn unknown_key(key: &str, known: &[&str]) -> String {
+    match crate::suggest::closest(key, known) {
+        Some(k) => format!("unknown key `{key}` (did you mean `{k}`?)"),
+        None => format!("unknown key `{key}` (allowed here: {})", known.join(", ")),
+    }
+}
+
+/// A mapping key as a user would write it.
+fn key_text(k: &Value) -> String {
+    match k {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Null => "~".to_owned(),
+        other => kind_of(other).to_owned(),
     }
 }
 
@@ -602,9 +680,12 @@ mod tests {
     }
 
     #[test]
-    fn unused_project_keys_are_ignored() {
-        let d = parse("name: x\napplications:\n  web:\n    type: python\n    size: L\n").unwrap();
-        assert!(d.get(&"app/web".parse().unwrap()).is_some());
+    fn a_crons_platform_keys_are_left_alone() {
+        let d = parse(
+            "applications:\n  web:\n    crons:\n      n: { spec: \"0 3 * * *\", cmd: ./x, timeout: 5 }\n",
+        )
+        .unwrap();
+        assert_eq!(d.crons().count(), 1);
     }
 
     #[test]
@@ -698,7 +779,11 @@ mod tests {
             matches!(&e, DeclarationsError::TooDeep { at, .. } if at.starts_with("line ")),
             "{e}"
         );
-        assert!(parse(&block(32)).is_ok());
+        // 32 levels are read (and `k` is then an unknown key).
+        assert!(
+            matches!(parse(&block(32)), Err(DeclarationsError::Invalid { .. })),
+            "32 levels"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`oauth`] — the one OAuth2 / RFC 6750 error body.
 //! - [`clock`] — the one place that reads the wall clock.
 //! - [`shared`] — a value read on every request and swapped rarely.
+//! - [`suggest`] — "did you mean …?" for misspelt keys.
 //!
 //! Time and randomness are parameters on every token path: `Grant::issue`,
 //! `mint` and `verify` take `now` (and a `jti`), so expiry, leeway and
@@ -29,6 +30,7 @@ pub mod keys;
 pub mod oauth;
 pub mod root_key;
 pub mod shared;
+pub mod suggest;
 pub mod token;
 pub mod verify;
 pub mod workload;
