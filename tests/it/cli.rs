@@ -239,3 +239,30 @@ fn check_fails_clearly_on_each_broken_rule() {
         assert!(err.contains(expected), "{expected}: {err}");
     }
 }
+
+/// #11 item 15c: a misspelt override names the environment variable, not
+/// the config file, and suggests the key.
+#[test]
+fn a_misspelt_environment_override_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &Options::default());
+    for (var, suggestion) in [
+        ("AUTHPROXY__TOKENS__TLL", "`tokens.ttl`"),
+        ("AUTHPROXY__TOKEN__TTL", "`tokens.ttl`"),
+    ] {
+        let err = serve_fails(&cfg, &[(var, "5m")]);
+        assert!(
+            err.contains(&format!("environment variable {var}")),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("did you mean {suggestion}?")),
+            "{err}"
+        );
+        let out = run(
+            &["check", "--config", cfg.to_str().unwrap()],
+            &[(var, "5m")],
+        );
+        assert_eq!(out.status.code(), Some(64), "{out:?}");
+    }
+}
