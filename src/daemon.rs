@@ -45,9 +45,14 @@ pub enum StartupError {
     /// No first grant.
     #[error(transparent)]
     Grant(#[from] GrantError),
-    /// The token file could not be written.
-    #[error(transparent)]
-    Sink(#[from] SinkError),
+    /// The first token file could not be written.
+    #[error("{config}: `sink.path`: {source}")]
+    Sink {
+        /// The config file.
+        config: PathBuf,
+        /// Why.
+        source: SinkError,
+    },
     /// `[sink]` is set but the workload declares no authorizations.
     #[error(
         "{config}: `sink.path` is set but {id} declares no authorizations, so there is no token to write"
@@ -141,7 +146,12 @@ impl Daemon {
                     id: daemon.config().workload.id.clone(),
                 });
             }
-            daemon.write_token_file(sink, now)?;
+            daemon
+                .write_token_file(sink, now)
+                .map_err(|source| StartupError::Sink {
+                    config: daemon.config().file.clone(),
+                    source,
+                })?;
         }
         Ok(daemon)
     }

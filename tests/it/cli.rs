@@ -266,3 +266,23 @@ fn a_misspelt_environment_override_names_the_variable() {
         assert_eq!(out.status.code(), Some(64), "{out:?}");
     }
 }
+
+/// #11 item 15d: a token file that cannot be written at start names the
+/// config file and `sink.path`.
+#[test]
+fn an_unwritable_token_file_names_sink_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &Options {
+            sections: "[sink]\npath = \"/nonexistent-dir/token\"\n",
+            ..Options::default()
+        },
+    );
+    let err = serve_fails(&cfg, &[]);
+    assert!(
+        err.contains(&format!("{}: `sink.path`", cfg.display())),
+        "{err}"
+    );
+    assert!(err.contains("/nonexistent-dir/token"), "{err}");
+}

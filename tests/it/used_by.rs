@@ -196,7 +196,7 @@ fn a_sink_that_cannot_be_written_or_has_nothing_to_write_refuses_to_start() {
     for (opts, expected) in [
         (
             sink_options(std::path::Path::new("/nonexistent-dir/token"), None),
-            "sink.path /nonexistent-dir/token",
+            "`sink.path`: cannot write the token file /nonexistent-dir/token",
         ),
         (
             Options {
