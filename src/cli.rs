@@ -4,7 +4,9 @@
 //! Exit statuses: 0 success; 1 the verb's check failed (not ready, no
 //! token, invalid declarations, a runtime failure); 64 (`EX_USAGE`, the
 //! linkerd and sysexits convention) the configuration is wrong, under every
-//! verb.
+//! verb — for `serve` that includes a `server.listen` address it cannot
+//! bind (already in use, not local, privileged), since only a change of
+//! configuration (or of what else runs there) fixes it.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -48,9 +50,17 @@ pub fn serve(config: Config) -> ExitCode {
         let addr = daemon.config().server.listen;
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
+            // In use, not a local address, a privileged port: all are
+            // for whoever wrote the configuration to fix.
             Err(e) => {
-                tracing::error!("cannot listen on {addr}: {e}");
-                return ExitCode::FAILURE;
+                let problem = match e.kind() {
+                    std::io::ErrorKind::AddrInUse => "the address is already in use".to_owned(),
+                    _ => format!("cannot listen there: {e}"),
+                };
+                return usage_error(&format!(
+                    "{}: `server.listen` = {addr}: {problem}",
+                    daemon.config().file.display()
+                ));
             }
         };
         match daemon.run(listener, shutdown_signal()).await {

@@ -286,3 +286,19 @@ fn an_unwritable_token_file_names_sink_path() {
     );
     assert!(err.contains("/nonexistent-dir/token"), "{err}");
 }
+
+/// #11 item 15e: a listen address already in use is a configuration
+/// problem: exit 64, naming `server.listen` and the address.
+#[test]
+fn a_listen_address_in_use_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &Options::default());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = serve_fails(&cfg, &[("AUTHPROXY__SERVER__LISTEN", &addr)]);
+    assert!(
+        err.contains(&format!("{}: `server.listen` = {addr}", cfg.display())),
+        "{err}"
+    );
+    assert!(err.contains("in use"), "{err}");
+}
