@@ -132,10 +132,17 @@ pub enum TokenFormat {
     Header,
 }
 
-/// `authproxy token`: fetches a token from the local sidecar and prints it.
-pub fn token(endpoint: &str, scopes: &[String], format: TokenFormat) -> ExitCode {
+/// `authproxy token`: fetches a token from the local sidecar and prints it,
+/// trying again for up to `wait` while the sidecar is not up or not ready
+/// ([`crate::client::fetch_token_waiting`]).
+pub fn token(
+    endpoint: &str,
+    scopes: &[String],
+    format: TokenFormat,
+    wait: std::time::Duration,
+) -> ExitCode {
     match client_runtime().and_then(|rt| {
-        rt.block_on(crate::client::fetch_token(endpoint, scopes))
+        rt.block_on(crate::client::fetch_token_waiting(endpoint, scopes, wait))
             .map_err(|e| e.to_string())
     }) {
         Ok((t, raw)) => {

@@ -311,6 +311,17 @@ impl Drop for Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, format: &str, rust_log: &str) -> Self {
+        Self::start_with_env(config, format, rust_log, &[])
+    }
+
+    /// As [`Daemon::start`], with more environment variables (which may
+    /// replace `AUTHPROXY__SERVER__LISTEN`).
+    pub fn start_with_env(
+        config: &Path,
+        format: &str,
+        rust_log: &str,
+        envs: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_authproxy"))
             .args([
                 "serve",
@@ -320,6 +331,7 @@ impl Daemon {
                 format,
             ])
             .env("AUTHPROXY__SERVER__LISTEN", "127.0.0.1:0")
+            .envs(envs.iter().copied())
             // At least `info`: the "listening" line tells the address.
             .env("RUST_LOG", rust_log)
             .stderr(Stdio::piped())
