@@ -31,9 +31,10 @@
 //! sidecar does not read it.
 //!
 //! Limits: a file is at most [`MAX_FILE_BYTES`] (256 KiB) and nests at most
-//! [`MAX_DEPTH`] (32) levels. A reload parses on the sidecar's runtime
-//! (off its thread, but still CPU): without them a small file nesting flow
-//! collections thousands deep took seconds to parse (see [`nesting`]).
+//! [`MAX_DEPTH`] (32) levels, both checked before the YAML parser runs: it
+//! takes time quadratic in the depth of flow collections (80 KB of nested
+//! `{a: …` took seconds; see `declarations/nesting.rs`). The sidecar also
+//! reloads on its blocking pool, so a slow read never stalls its requests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -53,12 +54,13 @@ const WORKER_KEYS: &[&str] = &["authorizations", "identity"];
 const TASK_KEYS: &[&str] = &["authorizations", "identity"];
 const AUTHORIZATION_KEYS: &[&str] = &["type", "action", "resource"];
 
-/// The largest declarations file authproxy reads, in bytes (256 KiB: a
-/// project with hundreds of workloads takes a few KiB).
+/// The largest declarations file authproxy reads, in bytes (256 KiB: room
+/// for well over a thousand workloads).
 pub const MAX_FILE_BYTES: usize = 256 * 1024;
 
 /// The deepest nesting of mappings and lists authproxy reads. Its own keys
-/// nest six deep; the rest is headroom.
+/// nest seven deep (`applications.web.workers.queue.authorizations[0].type`);
+/// the rest is headroom.
 pub const MAX_DEPTH: usize = 32;
 
 /// One broken rule, located by its path inside the file.
@@ -600,10 +602,7 @@ fn deeper_than(v: &Value, limit: usize, path: &str) -> Option<String> {
             .collect(),
         Value::Mapping(m) => m
             .iter()
-            .map(|(k, item)| {
-                let key = k.as_str().map_or_else(|| format!("{k:?}"), str::to_owned);
-                (join(path, &key), item)
-            })
+            .map(|(k, item)| (join(path, &key_text(k)), item))
             .collect(),
         Value::Tagged(t) => return deeper_than(&t.value, limit, path),
         _ => return None,
