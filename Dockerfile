@@ -6,7 +6,9 @@
 #
 # Paths: config /etc/authproxy/authproxy.toml (declarations beside it,
 # /etc/authproxy/project.yaml); state (the embedded root key)
-# /var/lib/authproxy — mount a volume or a Secret there (mode 0600/0400).
+# /var/lib/authproxy (0700) — mount a volume there, or a Secret's key as the
+# file /var/lib/authproxy/root-key.pem (Kubernetes: subPath; root-owned 0440
+# or owned by 65532 with 0600/0400; never a symbolic link).
 # The image also carries the reference upstream, environment_api.
 
 FROM rust:1.95-bookworm AS build

@@ -4,7 +4,9 @@
 //! Exit statuses: 0 success; 1 the verb's check failed (not ready, no
 //! token, invalid declarations, a runtime failure); 64 (`EX_USAGE`, the
 //! linkerd and sysexits convention) the configuration is wrong, under every
-//! verb.
+//! verb — for `serve` that includes a `server.listen` address it cannot
+//! bind (already in use, not local, privileged), since only a change of
+//! configuration (or of what else runs there) fixes it.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -52,9 +54,18 @@ pub fn serve(config: Config) -> ExitCode {
         let listeners = match crate::serve::bind_all(&server.listen, server.listen_is_default).await
         {
             Ok(l) => l,
+            // In use, not a local address, a privileged port: all are
+            // for whoever wrote the configuration to fix.
             Err(e) => {
-                tracing::error!("{e}");
-                return ExitCode::FAILURE;
+                let problem = match e.source.kind() {
+                    std::io::ErrorKind::AddrInUse => "the address is already in use".to_owned(),
+                    _ => format!("cannot listen there: {}", e.source),
+                };
+                return usage_error(&format!(
+                    "{}: `server.listen` = {}: {problem}",
+                    daemon.config().file.display(),
+                    e.addr
+                ));
             }
         };
         match daemon.run(listeners, shutdown_signal()).await {
@@ -151,10 +162,17 @@ pub enum TokenFormat {
     Header,
 }
 
-/// `authproxy token`: fetches a token from the local sidecar and prints it.
-pub fn token(endpoint: &str, scopes: &[String], format: TokenFormat) -> ExitCode {
+/// `authproxy token`: fetches a token from the local sidecar and prints it,
+/// trying again for up to `wait` while the sidecar is not up or not ready
+/// ([`crate::client::fetch_token_waiting`]).
+pub fn token(
+    endpoint: &str,
+    scopes: &[String],
+    format: TokenFormat,
+    wait: std::time::Duration,
+) -> ExitCode {
     match client_runtime().and_then(|rt| {
-        rt.block_on(crate::client::fetch_token(endpoint, scopes))
+        rt.block_on(crate::client::fetch_token_waiting(endpoint, scopes, wait))
             .map_err(|e| e.to_string())
     }) {
         Ok((t, raw)) => {

@@ -37,6 +37,19 @@ pub enum ConfigError {
         /// What the loader said.
         message: String,
     },
+    /// An `AUTHPROXY__SECTION__KEY` environment variable names no key.
+    #[error(
+        "environment variable {variable}: `{key}` is not a configuration key{}",
+        suggestion.as_ref().map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default()
+    )]
+    UnknownVariable {
+        /// The variable, as set.
+        variable: String,
+        /// The dotted key it maps to, e.g. `tokens.tll`.
+        key: String,
+        /// The key it probably meant.
+        suggestion: Option<String>,
+    },
     /// A key has a value outside what it allows.
     #[error("{file}: `{key}` {problem}")]
     Invalid {
@@ -266,6 +279,9 @@ impl Config {
         if !file.is_file() {
             return Err(load_err("config file not found".into()));
         }
+        // An override that maps to no key would otherwise be reported as an
+        // unknown field "in" the file, which does not have it.
+        check_variables(env.as_ref())?;
         let environment = ::config::Environment::with_prefix("AUTHPROXY")
             .prefix_separator("__")
             .separator("__")
@@ -517,6 +533,96 @@ impl Config {
     }
 }
 
+/// Prefix of the environment variables that override the file.
+const ENV_PREFIX: &str = "AUTHPROXY__";
+
+/// Every dotted key the file and the environment may set, read from the
+/// raw shapes themselves so that it cannot drift from them.
+fn known_keys() -> Vec<String> {
+    [
+        ("server", fields_of::<RawServer>()),
+        ("workload", fields_of::<RawWorkload>()),
+        ("tokens", fields_of::<RawTokens>()),
+        ("trust", fields_of::<RawTrust>()),
+        ("proxy", fields_of::<RawProxy>()),
+        ("sink", fields_of::<RawSink>()),
+    ]
+    .into_iter()
+    .flat_map(|(section, keys)| keys.iter().map(move |k| format!("{section}.{k}")))
+    .collect()
+}
+
+/// Refuses the first `AUTHPROXY__…` variable (in name order) that maps to
+/// no key, as the `config` crate maps them: prefix matched ignoring case,
+/// then lower-cased, `__` → `.`.
+fn check_variables(
+    env: Option<&std::collections::HashMap<String, String>>,
+) -> Result<(), ConfigError> {
+    let mut names: Vec<String> = match env {
+        Some(map) => map.keys().cloned().collect(),
+        None => std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect(),
+    };
+    names.sort();
+    let known = known_keys();
+    for variable in names {
+        let Some(rest) = variable
+            .get(..ENV_PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+            .map(|_| &variable[ENV_PREFIX.len()..])
+        else {
+            continue;
+        };
+        let key = rest.to_lowercase().replace("__", ".");
+        if !known.contains(&key) {
+            let candidates: Vec<&str> = known.iter().map(String::as_str).collect();
+            let suggestion = authproxy_core::suggest::closest(&key, &candidates).map(str::to_owned);
+            return Err(ConfigError::UnknownVariable {
+                variable,
+                key,
+                suggestion,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The field names of a `#[derive(Deserialize)]` struct, as serde sees
+/// them: the struct hands them to a deserializer that records them and
+/// stops.
+fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldNames(&mut fields));
+    fields
+}
+
+struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> serde::Deserializer<'de> for FieldNames<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("not a struct"))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(serde::de::Error::custom("fields recorded"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
 /// Parses `30s`, `5m`, `1h30m`, `24h` (humantime), or bare seconds, and
 /// checks it lies in `[min, max]`.
 fn duration_in(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
@@ -634,6 +740,52 @@ mod tests {
         assert!(e.contains("ttl_typo"), "{e}");
         let e = error_of(&format!("{MINIMAL}[proxyy]\nupstream = \"x\"\n"), &[]);
         assert!(e.contains("proxyy"), "{e}");
+    }
+
+    /// #11 item 15c: an override that maps to no key names the variable
+    /// (not the file) and the key it probably meant.
+    #[test]
+    fn an_unknown_override_names_the_variable_and_suggests_the_key() {
+        for (var, key, suggestion) in [
+            ("AUTHPROXY__TOKENS__TLL", "tokens.tll", "tokens.ttl"),
+            ("AUTHPROXY__TOKEN__TTL", "token.ttl", "tokens.ttl"),
+            ("authproxy__server__listn", "server.listn", "server.listen"),
+        ] {
+            let e = load(MINIMAL, &[(var, "5m")]).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::UnknownVariable { variable, key: k, suggestion: Some(s) }
+                    if variable == var && k == key && s == suggestion),
+                "{e}"
+            );
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "environment variable {var}: `{key}` is not a configuration key (did you mean `{suggestion}`?)"
+                )
+            );
+        }
+        let e = error_of(MINIMAL, &[("AUTHPROXY__PLUGINS__X", "1")]);
+        assert!(!e.contains("did you mean"), "{e}");
+        // Variables of other tools, and the client's AUTHPROXY_ENDPOINT, are not overrides.
+        load(MINIMAL, &[("AUTHPROXY_ENDPOINT", "x"), ("PATH", "/bin")]).unwrap();
+    }
+
+    /// The known keys are read from the raw shapes: every section is there.
+    #[test]
+    fn every_section_has_its_keys_known() {
+        let sections: Vec<&str> = fields_of::<Raw>().to_vec();
+        assert_eq!(
+            sections,
+            ["server", "workload", "tokens", "trust", "proxy", "sink"]
+        );
+        let known = known_keys();
+        for section in sections {
+            assert!(
+                known.iter().any(|k| k.starts_with(&format!("{section}."))),
+                "{section}"
+            );
+        }
+        assert!(known.contains(&"server.max_connections".to_owned()));
     }
 
     #[test]

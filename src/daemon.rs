@@ -47,9 +47,14 @@ pub enum StartupError {
     /// No first grant.
     #[error(transparent)]
     Grant(#[from] GrantError),
-    /// The token file could not be written.
-    #[error(transparent)]
-    Sink(#[from] SinkError),
+    /// The first token file could not be written.
+    #[error("{config}: `sink.path`: {source}")]
+    Sink {
+        /// The config file.
+        config: PathBuf,
+        /// Why.
+        source: SinkError,
+    },
     /// `[sink]` is set but the workload declares no authorizations.
     #[error(
         "{config}: `sink.path` is set but {id} declares no authorizations, so there is no token to write"
@@ -143,7 +148,12 @@ impl Daemon {
                     id: daemon.config().workload.id.clone(),
                 });
             }
-            daemon.write_token_file(sink, now)?;
+            daemon
+                .write_token_file(sink, now)
+                .map_err(|source| StartupError::Sink {
+                    config: daemon.config().file.clone(),
+                    source,
+                })?;
         }
         Ok(daemon)
     }
@@ -208,7 +218,7 @@ impl Daemon {
     /// renewal goes on with the ceiling in force (within the grace).
     pub async fn renew(&self, now: u64) -> Result<(), GrantError> {
         let _writer = self.grant_writer.lock().await;
-        let change = match self.services.source.reload(now) {
+        let change = match self.services.source.reload(now).await {
             Ok(change) => change,
             Err(e) => {
                 self.reload_failed(&e, now);
@@ -234,6 +244,7 @@ impl Daemon {
             .services
             .source
             .reload(now)
+            .await
             .inspect_err(|e| self.reload_failed(e, now))?;
         if change.changed {
             self.replace_grant(change, now).await?;

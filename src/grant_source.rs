@@ -35,6 +35,15 @@ pub enum SourceError {
     /// The root key could not be loaded or created.
     #[error(transparent)]
     RootKey(#[from] RootKeyError),
+    /// The thread reading the declarations failed (it panicked, or the
+    /// runtime is shutting down).
+    #[error("{declarations}: reading the declarations did not finish: {source}")]
+    Interrupted {
+        /// The declarations file.
+        declarations: PathBuf,
+        /// Why.
+        source: tokio::task::JoinError,
+    },
 }
 
 /// Why no grant was obtained.
@@ -69,13 +78,14 @@ impl GrantSource {
         }
     }
 
-    /// Re-reads what decides the ceiling (the declarations file) at `now`.
+    /// Re-reads what decides the ceiling (the declarations file) at `now`,
+    /// off the runtime's threads.
     /// A workload no longer declared drops to no authorizations. On error
     /// nothing changes, and the failure is remembered until a reload
     /// succeeds (see [`GrantSource::is_current`]).
-    pub fn reload(&self, now: u64) -> Result<Change, SourceError> {
+    pub async fn reload(&self, now: u64) -> Result<Change, SourceError> {
         match self {
-            Self::Embedded(e) => e.reload(now),
+            Self::Embedded(e) => e.reload(now).await,
         }
     }
 
@@ -160,16 +170,27 @@ impl Embedded {
         )?)
     }
 
-    fn reload(&self, now: u64) -> Result<Change, SourceError> {
+    /// Reading and parsing run on the blocking pool: the sidecar runs on
+    /// one runtime thread, and a slow disk or a large file must not stop it
+    /// answering meanwhile.
+    async fn reload(&self, now: u64) -> Result<Change, SourceError> {
+        let path = self.declarations.clone();
+        let loaded = tokio::task::spawn_blocking(move || Declarations::load(&path))
+            .await
+            .map_err(|source| SourceError::Interrupted {
+                declarations: self.declarations.clone(),
+                source,
+            })
+            .and_then(|r| r.map_err(SourceError::from));
         let mut failing = self
             .failing_since
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let declarations = match Declarations::load(&self.declarations) {
+        let declarations = match loaded {
             Ok(d) => d,
             Err(e) => {
                 failing.get_or_insert(now);
-                return Err(e.into());
+                return Err(e);
             }
         };
         *failing = None;

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -37,7 +38,7 @@ enum Command {
     },
     /// Exit 0 when the sidecar answers ready, 1 otherwise (container health checks).
     Health {
-        /// The sidecar's base URL.
+        /// The sidecar's base URL (`http://` if it has no scheme).
         #[arg(
             long,
             default_value = "http://127.0.0.1:8200",
@@ -70,7 +71,7 @@ enum Command {
     },
     /// Fetch a token from the local sidecar and print it (for scripts and crons).
     Token {
-        /// The sidecar's base URL.
+        /// The sidecar's base URL (`http://` if it has no scheme).
         #[arg(
             long,
             default_value = "http://127.0.0.1:8200",
@@ -83,6 +84,11 @@ enum Command {
         /// What to print.
         #[arg(long, value_enum, default_value_t = Format::Raw)]
         format: Format,
+        /// Keep trying for up to SECONDS while the sidecar is not listening
+        /// yet or answers 503/429 (every 100 ms, doubling to 2 s); for crons
+        /// that start with their container. 0: one try.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        wait: u64,
     },
 }
 
@@ -146,6 +152,7 @@ fn main() -> ExitCode {
             endpoint,
             scopes,
             format,
+            wait,
         } => cli::token(
             &endpoint,
             &scopes,
@@ -154,6 +161,7 @@ fn main() -> ExitCode {
                 Format::Json => TokenFormat::Json,
                 Format::Header => TokenFormat::Header,
             },
+            Duration::from_secs(wait),
         ),
     }
 }

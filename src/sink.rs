@@ -18,7 +18,7 @@ use crate::config::SinkConfig;
 #[non_exhaustive]
 pub enum SinkError {
     /// Writing or renaming failed.
-    #[error("sink.path {path}: {source}")]
+    #[error("cannot write the token file {path}: {source}")]
     Io {
         /// The token file.
         path: PathBuf,
@@ -26,7 +26,7 @@ pub enum SinkError {
         source: std::io::Error,
     },
     /// No token could be minted.
-    #[error("sink.path {path}: no token: {source}")]
+    #[error("no token for the token file {path}: {source}")]
     Mint {
         /// The token file.
         path: PathBuf,

@@ -239,3 +239,66 @@ fn check_fails_clearly_on_each_broken_rule() {
         assert!(err.contains(expected), "{expected}: {err}");
     }
 }
+
+/// #11 item 15c: a misspelt override names the environment variable, not
+/// the config file, and suggests the key.
+#[test]
+fn a_misspelt_environment_override_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &Options::default());
+    for (var, suggestion) in [
+        ("AUTHPROXY__TOKENS__TLL", "`tokens.ttl`"),
+        ("AUTHPROXY__TOKEN__TTL", "`tokens.ttl`"),
+    ] {
+        let err = serve_fails(&cfg, &[(var, "5m")]);
+        assert!(
+            err.contains(&format!("environment variable {var}")),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("did you mean {suggestion}?")),
+            "{err}"
+        );
+        let out = run(
+            &["check", "--config", cfg.to_str().unwrap()],
+            &[(var, "5m")],
+        );
+        assert_eq!(out.status.code(), Some(64), "{out:?}");
+    }
+}
+
+/// #11 item 15d: a token file that cannot be written at start names the
+/// config file and `sink.path`.
+#[test]
+fn an_unwritable_token_file_names_sink_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &Options {
+            sections: "[sink]\npath = \"/nonexistent-dir/token\"\n",
+            ..Options::default()
+        },
+    );
+    let err = serve_fails(&cfg, &[]);
+    assert!(
+        err.contains(&format!("{}: `sink.path`", cfg.display())),
+        "{err}"
+    );
+    assert!(err.contains("/nonexistent-dir/token"), "{err}");
+}
+
+/// #11 item 15e: a listen address already in use is a configuration
+/// problem: exit 64, naming `server.listen` and the address.
+#[test]
+fn a_listen_address_in_use_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &Options::default());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = serve_fails(&cfg, &[("AUTHPROXY__SERVER__LISTEN", &addr)]);
+    assert!(
+        err.contains(&format!("{}: `server.listen` = {addr}", cfg.display())),
+        "{err}"
+    );
+    assert!(err.contains("in use"), "{err}");
+}

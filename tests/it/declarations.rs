@@ -206,3 +206,91 @@ fn yaml_duplicate_keys_are_refused() {
     let e = Declarations::parse("tasks:\n  a: {}\n  a: {}\n", Path::new("p.yaml")).unwrap_err();
     assert!(matches!(e, DeclarationsError::Syntax { .. }), "{e}");
 }
+
+/// #11 item 15a: a name that breaks the pattern is reported, and the body
+/// under it is still checked, with the name as written in the paths.
+#[test]
+fn an_invalid_name_does_not_hide_the_problems_under_it() {
+    let mut p: Vec<String> = problems(
+        "applications:\n  Web:\n    authorizations: [{ type: env, action: edit }]\n    workers:\n      Q: { authorizations: [{ type: env, action: view, x: 1 }] }\n    crons:\n      n: { authorizations: [] }\ntasks:\n  T!: { authorizations: [{ type: db, action: view }] }\n",
+    )
+    .iter()
+    .map(|p| p.split(": ").next().unwrap().to_owned())
+    .collect();
+    p.sort();
+    assert_eq!(
+        p,
+        [
+            "applications.Web",
+            "applications.Web.authorizations[0]",
+            "applications.Web.crons.n.authorizations",
+            "applications.Web.workers.Q",
+            "applications.Web.workers.Q.authorizations[0]",
+            "tasks.T!",
+            "tasks.T!.authorizations[0]",
+        ]
+    );
+}
+
+/// #11 item 15b: a misspelt key at a level authproxy reads is an error
+/// (a worker's misspelt `authorizations` would silently inherit the
+/// app's instead of overriding them), with the likely intended key.
+#[test]
+fn misspelt_keys_are_reported_with_a_suggestion() {
+    for (yaml, path, suggestion) in [
+        ("application:\n  web: {}\n", "application", "applications"),
+        ("task:\n  t: {}\n", "task", "tasks"),
+        (
+            "applications:\n  web:\n    authorization: []\n",
+            "applications.web.authorization",
+            "authorizations",
+        ),
+        (
+            "applications:\n  web:\n    worker:\n      q: {}\n",
+            "applications.web.worker",
+            "workers",
+        ),
+        (
+            "applications:\n  web:\n    cron:\n      n: {}\n",
+            "applications.web.cron",
+            "crons",
+        ),
+        (
+            "applications:\n  web:\n    workers:\n      q: { authorisations: [] }\n",
+            "applications.web.workers.q.authorisations",
+            "authorizations",
+        ),
+        (
+            "tasks:\n  t:\n    Authorizations: []\n",
+            "tasks.t.Authorizations",
+            "authorizations",
+        ),
+        (
+            "applications:\n  web:\n    authorizations:\n      - { type: env, action: view, resorce: x }\n",
+            "applications.web.authorizations[0]",
+            "resource",
+        ),
+    ] {
+        let p = one_problem(yaml);
+        assert!(p.starts_with(&format!("{path}: unknown key")), "{p}");
+        assert!(p.contains(&format!("did you mean `{suggestion}`?")), "{p}");
+    }
+}
+
+/// #11 item 15b: every level authproxy reads reports unknown keys; a cron
+/// keeps its platform keys (`spec`, `cmd`, …), which authproxy never reads.
+#[test]
+fn unknown_keys_are_errors_except_inside_a_cron() {
+    let p = problems(
+        "name: x\napplications:\n  web:\n    size: L\n    crons:\n      n: { spec: \"0 3 * * *\", cmd: ./x, shutdown_timeout: 5 }\n    workers:\n      q: { commands: x }\ntasks:\n  t: { timeout: 5 }\n",
+    );
+    assert_eq!(
+        p,
+        [
+            "name: unknown key `name` (allowed here: applications, tasks)",
+            "applications.web.size: unknown key `size` (allowed here: authorizations, workers, crons, identity)",
+            "applications.web.workers.q.commands: unknown key `commands` (allowed here: authorizations, identity)",
+            "tasks.t.timeout: unknown key `timeout` (allowed here: authorizations, identity)",
+        ]
+    );
+}

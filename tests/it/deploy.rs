@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use authproxy::config::Config;
 use authproxy_core::declarations::Declarations;
+use authproxy_core::root_key::ROOT_KEY_FILE;
 use serde_norway::Value;
 
 const CONFIG_PATH: &str = "/etc/authproxy/authproxy.toml";
@@ -233,25 +234,30 @@ fn kubernetes_manifests_match_the_binary() {
             );
         }
         // Mounts: config dir holds --config; state dir is trust.state_dir.
-        let mounts: HashMap<String, String> = sidecar["volumeMounts"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                (
-                    m["name"].as_str().unwrap().to_owned(),
-                    m["mountPath"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
+        let mount = |name: &str| {
+            sidecar["volumeMounts"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"].as_str() == Some(name))
+                .unwrap_or_else(|| panic!("{file}: no mount {name}"))
+                .clone()
+        };
         assert_eq!(
-            Path::new(&mounts["authproxy-config"]),
+            Path::new(mount("authproxy-config")["mountPath"].as_str().unwrap()),
             Path::new(&config).parent().unwrap()
         );
+        // The root key is mounted as a file (`subPath`) inside the image's
+        // 0700 state directory: a Secret volume mounted whole presents its
+        // files as symbolic links in a world-writable directory, both of
+        // which the root key check refuses (SECURITY.md).
+        let state = mount("authproxy-state");
         assert_eq!(
-            PathBuf::from(&mounts["authproxy-state"]),
-            cfg.trust.state_dir
+            PathBuf::from(state["mountPath"].as_str().unwrap()),
+            cfg.trust.state_dir.join(ROOT_KEY_FILE),
+            "{file}"
         );
+        assert_eq!(state["subPath"].as_str(), Some(ROOT_KEY_FILE), "{file}");
         let volumes = pod["volumes"].as_sequence().unwrap();
         let vol = |n: &str| {
             volumes

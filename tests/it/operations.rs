@@ -3,6 +3,8 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -242,6 +244,52 @@ async fn sighup_reloads_good_declarations_and_keeps_the_old_on_bad_ones() {
     assert_eq!(none["error"], "invalid_scope");
     d.signal("-TERM");
     assert!(d.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// A reload reads and parses the declarations off the runtime thread (#11
+/// item 9): while it waits on a file that is slow to come — a FIFO no one
+/// writes to yet — the sidecar, on its one runtime thread, keeps answering.
+#[tokio::test]
+async fn a_slow_reload_does_not_stall_the_sidecar() {
+    let s = spawn_sidecar(Options::default()).await;
+    let decl = s.dir.path().join("project.yaml");
+    std::fs::remove_file(&decl).unwrap();
+    assert!(
+        Command::new("mkfifo")
+            .arg(&decl)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let written = Arc::new(AtomicBool::new(false));
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let (decl, written) = (decl.clone(), Arc::clone(&written));
+        std::thread::spawn(move || {
+            // When told to, or after 5 s: a stalled runtime then fails the
+            // test instead of hanging it.
+            let _ = wait.recv_timeout(Duration::from_secs(5));
+            written.store(true, Ordering::SeqCst);
+            std::fs::write(&decl, PROJECT).unwrap();
+        })
+    };
+    let daemon = Arc::clone(&s.daemon);
+    let reload = tokio::spawn(async move { daemon.reload(now()).await });
+    // Let the reload start and wait on the FIFO.
+    tokio::task::yield_now().await;
+    let res = client()
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        !written.load(Ordering::SeqCst),
+        "the sidecar answered only once the reload had finished"
+    );
+    go.send(()).unwrap();
+    assert!(!reload.await.unwrap().unwrap(), "same declarations");
+    writer.join().unwrap();
 }
 
 #[tokio::test]

@@ -102,6 +102,125 @@ async fn token_explains_an_unreachable_sidecar_and_exits_non_zero() {
     );
 }
 
+/// #11 item 17a: `--endpoint 127.0.0.1:8200` means http:// (the sidecar
+/// speaks plain HTTP on loopback), for `token` and `health` alike.
+#[tokio::test]
+async fn an_endpoint_without_a_scheme_means_http() {
+    let s = spawn_sidecar(Options::default()).await;
+    let bare = s.url.strip_prefix("http://").unwrap();
+    let out = cli(&["token", "--endpoint", bare]).await;
+    assert!(out.status.success(), "{out:?}");
+    let auth = authorizer_for(&s).await;
+    assert!(auth.verify(stdout(&out).trim(), now()).await.is_ok());
+    let config = s.config_path.to_str().unwrap();
+    let out = cli(&["health", "--endpoint", bare, "--config", config]).await;
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// #11 item 17b: a cron that starts with its container waits for the
+/// sidecar: `--wait 10` against a port where the sidecar starts a second
+/// later succeeds.
+#[test]
+fn token_wait_outlasts_a_sidecar_that_starts_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &Options::default());
+    let addr = closed_addr().to_string();
+    let waiting = Command::new(env!("CARGO_BIN_EXE_authproxy"))
+        .args([
+            "token",
+            "--endpoint",
+            &format!("http://{addr}"),
+            "--wait",
+            "10",
+        ])
+        .env_remove("AUTHPROXY_ENDPOINT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let _sidecar = Daemon::start_with(
+        &cfg,
+        "text",
+        "info",
+        &[("AUTHPROXY__SERVER__LISTEN", &addr)],
+    );
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out).trim().split('.').count(), 3, "{out:?}");
+}
+
+/// #11 item 17b: `--wait` gives up at its deadline, saying so.
+#[tokio::test]
+async fn token_wait_gives_up_at_its_deadline_with_a_clear_message() {
+    let url = format!("http://{}", closed_addr());
+    let started = std::time::Instant::now();
+    let out = cli(&["token", "--endpoint", &url, "--wait", "1"]).await;
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(5),
+        "{took:?}"
+    );
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("gave up after waiting 1s"), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach the sidecar at {url}")),
+        "{err}"
+    );
+}
+
+/// #11 item 17b: 503 (no grant yet) and 429 (rate limited) are retried
+/// under `--wait`; without it the first refusal is final.
+#[tokio::test]
+async fn token_wait_retries_503_and_429() {
+    use axum::http::StatusCode;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    fn stub(calls: Arc<AtomicUsize>) -> axum::Router {
+        axum::Router::new().route(
+            "/oauth2/token",
+            axum::routing::post(move || {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let (status, body) = match n {
+                        0 => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            r#"{"error":"temporarily_unavailable","error_description":"no grant"}"#,
+                        ),
+                        1 => (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            r#"{"error":"slow_down","error_description":"rate limited"}"#,
+                        ),
+                        _ => (
+                            StatusCode::OK,
+                            r#"{"access_token":"a.b.c","token_type":"Bearer","expires_in":300,"scope":"env:view"}"#,
+                        ),
+                    };
+                    (status, [("content-type", "application/json")], body)
+                }
+            }),
+        )
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (url, _stop) = serve(stub(Arc::clone(&calls))).await;
+    let out = cli(&["token", "--endpoint", &url, "--wait", "10"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out).trim(), "a.b.c");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (url, _stop) = serve(stub(Arc::clone(&calls))).await;
+    let out = cli(&["token", "--endpoint", &url]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("temporarily_unavailable")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
 fn sink_options(path: &std::path::Path, mode: Option<&str>) -> Options<'static> {
     let mode = mode
         .map(|m| format!("mode = \"{m}\"\n"))
@@ -196,7 +315,7 @@ fn a_sink_that_cannot_be_written_or_has_nothing_to_write_refuses_to_start() {
     for (opts, expected) in [
         (
             sink_options(std::path::Path::new("/nonexistent-dir/token"), None),
-            "sink.path /nonexistent-dir/token",
+            "`sink.path`: cannot write the token file /nonexistent-dir/token",
         ),
         (
             Options {

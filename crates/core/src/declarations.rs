@@ -15,9 +15,29 @@
 //! - an app, worker or task may name the platform issuer's identity it
 //!   reuses with `identity: <workload id>` (DESIGN §8); a cron may not, it
 //!   runs under its app's identity;
-//! - keys authproxy does not use are ignored, except inside an authorization
-//!   entry, where an unknown key is an error (it is probably a typo that
-//!   would silently widen or narrow access).
+//! - a name that breaks the pattern is an error, and what is declared under
+//!   it is still checked (paths show the name as written), so one bad name
+//!   does not hide the problems below it.
+//!
+//! Unknown keys: at every level authproxy reads — the top level, an
+//! application, a worker, a task, an authorization entry — a key it does
+//! not know is an error, with a "did you mean" when one is close. A typo
+//! there is never harmless: a worker's misspelt `authorizations` would
+//! silently inherit its app's authorizations instead of overriding them,
+//! and a misspelt `applications` would declare nothing. This was a choice
+//! (#11): the file is authproxy's declarations, and platform keys such as
+//! an app's `type` or `size` do not belong in it. The one exception is the
+//! body of a cron, which carries the platform's scheduling keys (`spec`,
+//! `cmd`, `shutdown_timeout`, …); authproxy reads nothing there but checks
+//! that `authorizations` is absent. `identity` (DESIGN §8: which platform
+//! identity a workload reuses) is accepted on apps, workers and tasks; the
+//! issuer's sync reads it ([`Declarations::identity`]), the sidecar does not.
+//!
+//! Limits: a file is at most [`MAX_FILE_BYTES`] (256 KiB) and nests at most
+//! [`MAX_DEPTH`] (32) levels, both checked before the YAML parser runs: it
+//! takes time quadratic in the depth of flow collections (80 KB of nested
+//! `{a: …` took seconds; see `declarations/nesting.rs`). The sidecar also
+//! reloads on its blocking pool, so a slow read never stalls its requests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -27,6 +47,24 @@ use serde_norway::{Mapping, Value};
 
 use crate::authorization::{Authorization, Name, ScopeSet};
 use crate::workload::WorkloadId;
+
+mod nesting;
+
+/// The keys authproxy reads at each level; anything else is an error.
+const TOP_KEYS: &[&str] = &["applications", "tasks"];
+const APP_KEYS: &[&str] = &["authorizations", "workers", "crons", "identity"];
+const WORKER_KEYS: &[&str] = &["authorizations", "identity"];
+const TASK_KEYS: &[&str] = &["authorizations", "identity"];
+const AUTHORIZATION_KEYS: &[&str] = &["type", "action", "resource"];
+
+/// The largest declarations file authproxy reads, in bytes (256 KiB: room
+/// for well over a thousand workloads).
+pub const MAX_FILE_BYTES: usize = 256 * 1024;
+
+/// The deepest nesting of mappings and lists authproxy reads. Its own keys
+/// nest seven deep (`applications.web.workers.queue.authorizations[0].type`);
+/// the rest is headroom.
+pub const MAX_DEPTH: usize = 32;
 
 /// One broken rule, located by its path inside the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +105,24 @@ pub enum DeclarationsError {
         /// The parser's message, with line and column.
         message: String,
     },
+    /// The file is larger than [`MAX_FILE_BYTES`].
+    #[error("{file}: larger than {} KiB, the most authproxy reads from a declarations file", limit / 1024)]
+    TooLarge {
+        /// The file.
+        file: PathBuf,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Mappings and lists nest deeper than [`MAX_DEPTH`].
+    #[error("{file}: {at}: nested deeper than {limit} levels, the most authproxy reads")]
+    TooDeep {
+        /// The file.
+        file: PathBuf,
+        /// Where: `line N`, or the path of the first value too deep.
+        at: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The file is YAML but breaks one or more rules; all are listed.
     #[error("{file}: {} problem(s) in declarations:{}", problems.len(), ProblemList(problems))]
     Invalid {
@@ -106,21 +162,53 @@ pub struct Declarations {
 }
 
 impl Declarations {
-    /// Reads and validates a declarations file.
+    /// Reads and validates a declarations file. Reads at most one byte
+    /// more than [`MAX_FILE_BYTES`], whatever the file is.
     pub fn load(path: &Path) -> Result<Self, DeclarationsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DeclarationsError::Read {
+        use std::io::Read as _;
+        let read = |source| DeclarationsError::Read {
             file: path.to_owned(),
             source,
-        })?;
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(read)?
+            .take(MAX_FILE_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(read)?;
         Self::parse(&text, path)
     }
 
     /// Validates declarations given as text; `file` is used in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Self, DeclarationsError> {
-        let root: Value = serde_norway::from_str(text).map_err(|e| DeclarationsError::Syntax {
+        let too_deep = |at: String| DeclarationsError::TooDeep {
             file: file.to_owned(),
-            message: e.to_string(),
+            at,
+            limit: MAX_DEPTH,
+        };
+        if text.len() > MAX_FILE_BYTES {
+            return Err(DeclarationsError::TooLarge {
+                file: file.to_owned(),
+                limit: MAX_FILE_BYTES,
+            });
+        }
+        // Flow nesting first, before the parser spends time on it.
+        nesting::check(text, MAX_DEPTH).map_err(|line| too_deep(format!("line {line}")))?;
+        let root: Value = serde_norway::from_str(text).map_err(|e| {
+            // Block nesting past serde_norway's own limit (128) ends here.
+            match e.location() {
+                Some(at) if e.to_string().starts_with("recursion limit exceeded") => {
+                    too_deep(format!("line {}", at.line()))
+                }
+                _ => DeclarationsError::Syntax {
+                    file: file.to_owned(),
+                    message: e.to_string(),
+                },
+            }
         })?;
+        if let Some(path) = deeper_than(&root, MAX_DEPTH, "") {
+            return Err(too_deep(path));
+        }
         let mut walker = Walker::default();
         let decl = walker.root(&root);
         if walker.problems.is_empty() {
@@ -220,13 +308,25 @@ impl Walker {
         }
     }
 
-    /// The entries of a mapping whose keys must be names.
-    fn named_entries<'v>(&mut self, v: &'v Value, path: &str) -> Vec<(Name, &'v Value, String)> {
+    /// Reports every key of `m` that is not in `known`, at its own path.
+    fn unknown_keys(&mut self, m: &MappingView<'_>, path: &str, known: &[&str]) {
+        for (k, _) in m.iter() {
+            let key = key_text(k);
+            if !known.contains(&key.as_str()) {
+                self.problem(&join(path, &key), unknown_key(&key, known));
+            }
+        }
+    }
+
+    /// The entries of a mapping whose keys must be names: each with its
+    /// name (`None`, and a problem recorded, if the key is not a valid
+    /// name), its body, and its path with the key as written.
+    fn named_entries<'v>(&mut self, v: &'v Value, path: &str) -> Vec<Entry<'v>> {
         let Some(m) = self.mapping(v, path) else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (k, child) in m.iter() {
+        for (k, body) in m.iter() {
             let key = match k {
                 Value::String(s) => s.clone(),
                 other => {
@@ -237,11 +337,20 @@ impl Walker {
                     continue;
                 }
             };
-            let child_path = join(path, &key);
-            match Name::parse(&key) {
-                Ok(n) => out.push((n, child, child_path)),
-                Err(e) => self.problem(&child_path, e.to_string()),
-            }
+            let entry_path = join(path, &key);
+            let name = match Name::parse(&key) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    self.problem(&entry_path, e.to_string());
+                    None
+                }
+            };
+            out.push(Entry {
+                name,
+                written: key,
+                body,
+                path: entry_path,
+            });
         }
         out
     }
@@ -255,113 +364,124 @@ impl Walker {
         let Some(top) = self.mapping(root, "") else {
             return decl;
         };
+        self.unknown_keys(&top, "", TOP_KEYS);
         // Task names first: resources anywhere in the file refer to them.
         let tasks = top
             .get("tasks")
             .map(|v| self.named_entries(v, "tasks"))
             .unwrap_or_default();
-        let task_names: BTreeSet<Name> = tasks.iter().map(|(n, _, _)| n.clone()).collect();
+        let task_names: BTreeSet<Name> = tasks.iter().filter_map(|e| e.name.clone()).collect();
 
         if let Some(apps) = top.get("applications") {
-            for (app, body, path) in self.named_entries(apps, "applications") {
-                self.application(&mut decl, app, body, &path, &task_names);
+            for app in self.named_entries(apps, "applications") {
+                self.application(&mut decl, app, &task_names);
             }
         }
-        for (task, body, path) in tasks {
-            let Some(m) = self.mapping(body, &path) else {
+        for task in tasks {
+            let Some(m) = self.mapping(task.body, &task.path) else {
                 continue;
             };
+            self.unknown_keys(&m, &task.path, TASK_KEYS);
             let auths = match m.get("authorizations") {
-                Some(v) => self.authorizations(v, &join(&path, "authorizations"), &task_names),
+                Some(v) => self.authorizations(v, &join(&task.path, "authorizations"), &task_names),
                 None => ScopeSet::new(),
             };
-            let id = WorkloadId::Task(task);
-            self.identity(&mut decl, &id, &m, &path);
-            decl.workloads.insert(
-                id,
-                Effective {
-                    authorizations: auths,
-                    inherited_from: None,
-                },
-            );
+            if let Some(name) = task.name {
+                let id = WorkloadId::Task(name);
+                self.identity(&mut decl, &id, &m, &task.path);
+                decl.workloads.insert(
+                    id,
+                    Effective {
+                        authorizations: auths,
+                        inherited_from: None,
+                    },
+                );
+            }
         }
         decl
     }
 
-    fn application(
-        &mut self,
-        decl: &mut Declarations,
-        app: Name,
-        body: &Value,
-        path: &str,
-        tasks: &BTreeSet<Name>,
-    ) {
-        let Some(m) = self.mapping(body, path) else {
+    /// An application, its workers and its crons. Under an invalid app
+    /// name everything is checked but nothing is declared.
+    fn application(&mut self, decl: &mut Declarations, app: Entry<'_>, tasks: &BTreeSet<Name>) {
+        let path = app.path.as_str();
+        let Some(m) = self.mapping(app.body, path) else {
             return;
         };
+        self.unknown_keys(&m, path, APP_KEYS);
         let app_auths = match m.get("authorizations") {
             Some(v) => self.authorizations(v, &join(path, "authorizations"), tasks),
             None => ScopeSet::new(),
         };
-        let app_id = WorkloadId::App(app.clone());
+        let app_id = app.name.clone().map(WorkloadId::App);
         if let Some(workers) = m.get("workers") {
-            for (worker, wbody, wpath) in self.named_entries(workers, &join(path, "workers")) {
-                let Some(wm) = self.mapping(wbody, &wpath) else {
+            for worker in self.named_entries(workers, &join(path, "workers")) {
+                let Some(wm) = self.mapping(worker.body, &worker.path) else {
                     continue;
                 };
+                self.unknown_keys(&wm, &worker.path, WORKER_KEYS);
                 let effective = match wm.get("authorizations") {
                     Some(v) => Effective {
                         authorizations: self.authorizations(
                             v,
-                            &join(&wpath, "authorizations"),
+                            &join(&worker.path, "authorizations"),
                             tasks,
                         ),
                         inherited_from: None,
                     },
                     None => Effective {
                         authorizations: app_auths.clone(),
-                        inherited_from: Some(app_id.clone()),
+                        inherited_from: app_id.clone(),
                     },
                 };
-                let id = WorkloadId::Worker(app.clone(), worker);
-                self.identity(decl, &id, &wm, &wpath);
-                decl.workloads.insert(id, effective);
+                if let (Some(a), Some(w)) = (&app.name, worker.name) {
+                    let id = WorkloadId::Worker(a.clone(), w);
+                    self.identity(decl, &id, &wm, &worker.path);
+                    decl.workloads.insert(id, effective);
+                }
             }
         }
         if let Some(crons) = m.get("crons") {
-            for (cron, cbody, cpath) in self.named_entries(crons, &join(path, "crons")) {
-                let Some(cm) = self.mapping(cbody, &cpath) else {
+            for cron in self.named_entries(crons, &join(path, "crons")) {
+                let Some(cm) = self.mapping(cron.body, &cron.path) else {
                     continue;
                 };
+                // The rest of a cron's keys are the platform's.
                 if cm.get("authorizations").is_some() {
                     self.problem(
-                        &join(&cpath, "authorizations"),
+                        &join(&cron.path, "authorizations"),
                         format!(
-                            "a cron runs in its app's container and always inherits {app_id}'s \
-                             authorizations; remove this key (or declare them on the app)"
+                            "a cron runs in its app's container and always inherits app/{}'s \
+                             authorizations; remove this key (or declare them on the app)",
+                            app.written
                         ),
                     );
                 }
                 if cm.get("identity").is_some() {
                     self.problem(
-                        &join(&cpath, "identity"),
+                        &join(&cron.path, "identity"),
                         format!(
-                            "a cron runs in its app's container under {app_id}'s identity; \
-                             remove this key (or declare it on the app)"
+                            "a cron runs in its app's container under app/{}'s identity; \
+                             remove this key (or declare it on the app)",
+                            app.written
                         ),
                     );
                 }
-                decl.crons.push((app.clone(), cron));
+                if let (Some(a), Some(c)) = (&app.name, cron.name) {
+                    decl.crons.push((a.clone(), c));
+                }
             }
         }
-        self.identity(decl, &app_id, &m, path);
-        decl.workloads.insert(
-            app_id,
-            Effective {
-                authorizations: app_auths,
-                inherited_from: None,
-            },
-        );
+        if let Some(id) = app_id {
+            self.identity(decl, &id, &m, path);
+            decl.workloads.insert(
+                id,
+                Effective {
+                    authorizations: app_auths,
+                    inherited_from: None,
+                },
+            );
+        }
     }
 
     /// Records the optional `identity` key of the workload `id`.
@@ -456,13 +576,9 @@ impl Walker {
         let action = field(self, "action", true);
         let resource = field(self, "resource", false);
         for k in m.keys() {
-            let known = matches!(k.as_str(), Some("type" | "action" | "resource"));
-            if !known {
-                let shown = k.as_str().map_or_else(|| format!("{k:?}"), str::to_owned);
-                self.problem(
-                    path,
-                    format!("unknown key `{shown}` (allowed: type, action, resource)"),
-                );
+            let key = key_text(k);
+            if !AUTHORIZATION_KEYS.contains(&key.as_str()) {
+                self.problem(path, unknown_key(&key, AUTHORIZATION_KEYS));
                 ok = false;
             }
         }
@@ -490,6 +606,36 @@ impl Walker {
     }
 }
 
+/// One entry of a mapping keyed by names (an app, worker, cron or task).
+struct Entry<'v> {
+    /// The name, if the key is a valid one.
+    name: Option<Name>,
+    /// The key as written.
+    written: String,
+    body: &'v Value,
+    /// Its path, with the key as written.
+    path: String,
+}
+
+/// "unknown key `x` (did you mean `y`?)", or the keys allowed there.
+fn unknown_key(key: &str, known: &[&str]) -> String {
+    match crate::suggest::closest(key, known) {
+        Some(k) => format!("unknown key `{key}` (did you mean `{k}`?)"),
+        None => format!("unknown key `{key}` (allowed here: {})", known.join(", ")),
+    }
+}
+
+/// A mapping key as a user would write it.
+fn key_text(k: &Value) -> String {
+    match k {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Null => "~".to_owned(),
+        other => kind_of(other).to_owned(),
+    }
+}
+
 /// A mapping, or the empty mapping that a YAML null stands for.
 struct MappingView<'v>(Option<&'v Mapping>);
 
@@ -501,6 +647,34 @@ impl<'v> MappingView<'v> {
     fn iter(&self) -> impl Iterator<Item = (&'v Value, &'v Value)> {
         self.0.into_iter().flat_map(|m| m.iter())
     }
+}
+
+/// The path of the first collection nested deeper than `limit` inside `v`
+/// (which is itself at depth 1 if a collection), if any.
+fn deeper_than(v: &Value, limit: usize, path: &str) -> Option<String> {
+    let children: Vec<(String, &Value)> = match v {
+        Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (format!("{path}[{i}]"), item))
+            .collect(),
+        Value::Mapping(m) => m
+            .iter()
+            .map(|(k, item)| (join(path, &key_text(k)), item))
+            .collect(),
+        Value::Tagged(t) => return deeper_than(&t.value, limit, path),
+        _ => return None,
+    };
+    if limit == 0 {
+        return Some(if path.is_empty() {
+            "the top level".to_owned()
+        } else {
+            path.to_owned()
+        });
+    }
+    children
+        .into_iter()
+        .find_map(|(child_path, child)| deeper_than(child, limit - 1, &child_path))
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -563,9 +737,12 @@ mod tests {
     }
 
     #[test]
-    fn unused_project_keys_are_ignored() {
-        let d = parse("name: x\napplications:\n  web:\n    type: python\n    size: L\n").unwrap();
-        assert!(d.get(&"app/web".parse().unwrap()).is_some());
+    fn a_crons_platform_keys_are_left_alone() {
+        let d = parse(
+            "applications:\n  web:\n    crons:\n      n: { spec: \"0 3 * * *\", cmd: ./x, timeout: 5 }\n",
+        )
+        .unwrap();
+        assert_eq!(d.crons().count(), 1);
     }
 
     #[test]
@@ -586,6 +763,83 @@ mod tests {
                 "applications.web.authorizations[0]",
                 "applications.web.crons.nightly.authorizations"
             ]
+        );
+    }
+
+    /// A file over the size limit is refused before it is parsed.
+    #[test]
+    fn a_file_over_256_kib_is_refused_naming_the_limit() {
+        let mut text = String::from("applications:\n");
+        let mut i = 0;
+        while text.len() < 300_000 {
+            text.push_str(&format!("  app-{i}: {{}}\n"));
+            i += 1;
+        }
+        let e = parse(&text).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DeclarationsError::TooLarge {
+                    limit: MAX_FILE_BYTES,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("project.yaml: "), "{e}");
+        assert!(e.to_string().contains("256 KiB"), "{e}");
+    }
+
+    /// `load` stops reading past the limit, whatever the file is.
+    #[test]
+    fn load_reads_no_more_than_the_limit() {
+        let e = Declarations::load(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(e, DeclarationsError::TooLarge { .. }), "{e}");
+    }
+
+    /// 10,000 levels of flow nesting, sequences and mappings: refused
+    /// before the YAML parser sees them (its scanner is quadratic in the
+    /// depth of flow collections).
+    #[test]
+    fn ten_thousand_levels_of_nesting_are_refused() {
+        for text in [
+            format!("applications: {}{}", "[".repeat(10_000), "]".repeat(10_000)),
+            format!("tasks: {}{}", "{a: ".repeat(10_000), "}".repeat(10_000)),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(
+                matches!(&e, DeclarationsError::TooDeep { at, limit: 32, .. } if at == "line 1"),
+                "{e}"
+            );
+            assert!(e.to_string().contains("nested deeper than 32"), "{e}");
+        }
+    }
+
+    /// Block nesting is cheap to parse; past 32 levels it is refused with
+    /// the path of the first value too deep, and past serde_norway's own
+    /// limit (128) with the line.
+    #[test]
+    fn deep_block_nesting_is_refused() {
+        let block = |levels: usize| -> String {
+            (0..levels)
+                .map(|i| format!("{}k:\n", " ".repeat(i)))
+                .collect()
+        };
+        let e = parse(&block(40)).unwrap_err();
+        let path = vec!["k"; 32].join(".");
+        assert!(
+            matches!(&e, DeclarationsError::TooDeep { at, .. } if *at == path),
+            "{e}"
+        );
+        let e = parse(&block(200)).unwrap_err();
+        assert!(
+            matches!(&e, DeclarationsError::TooDeep { at, .. } if at.starts_with("line ")),
+            "{e}"
+        );
+        // 32 levels are read (and `k` is then an unknown key).
+        assert!(
+            matches!(parse(&block(32)), Err(DeclarationsError::Invalid { .. })),
+            "32 levels"
         );
     }
 

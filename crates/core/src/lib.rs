@@ -15,6 +15,7 @@
 //! - [`proof`] — a sidecar proving it holds its key (for `authproxy health`).
 //! - [`clock`] — the one place that reads the wall clock.
 //! - [`shared`] — a value read on every request and swapped rarely.
+//! - [`suggest`] — "did you mean …?" for misspelt keys.
 //!
 //! Time and randomness are parameters on every token path: `Grant::issue`,
 //! `mint` and `verify` take `now` (and a `jti`), so expiry, leeway and
@@ -31,6 +32,7 @@ pub mod oauth;
 pub mod proof;
 pub mod root_key;
 pub mod shared;
+pub mod suggest;
 pub mod token;
 pub mod verify;
 pub mod workload;

@@ -1,18 +1,32 @@
 //! The embedded issuer: a root key kept under `trust.state_dir`, used to sign
 //! this sidecar's grant (DESIGN §1, embedded mode).
 //!
-//! The root key is the one secret that can mint any grant, so its file is
-//! created 0600 inside a 0700 directory, and the sidecar refuses to start if
-//! the file is readable by others, writable by its group, or readable by its
-//! group while owned by anyone but root. The root-owned, group-readable case
-//! (0440/0640) is allowed as PostgreSQL allows it for its key file: it is how
-//! a Kubernetes Secret reaches a non-root container (files owned by root,
-//! group = the pod's `fsGroup`).
+//! The root key is the one secret that can mint any grant, so whoever can
+//! choose its contents owns every workload. Hence:
+//! - the state directory is created 0700, and refused if its group or
+//!   others may write to it: they could plant a key before the first start,
+//!   or replace it later;
+//! - the key file is opened relative to that checked directory, without
+//!   following a symbolic link (`O_NOFOLLOW`), and every check is made on
+//!   the opened descriptor, so what is checked is what is read;
+//! - it must be a regular file owned by the user authproxy runs as, or by
+//!   root: a key planted by another user is refused even when authproxy runs
+//!   as root;
+//! - it must not be readable by others nor writable by its group, and may
+//!   be group-readable only when root owns it (0440/0640). That relaxed case
+//!   is PostgreSQL's rule for its key file and how a Kubernetes Secret
+//!   reaches a non-root container (files owned by root, group = the pod's
+//!   `fsGroup`). A Secret volume presents its files as symbolic links, so
+//!   the Secret is mounted with `subPath` (see `deploy/kubernetes/`), which
+//!   bind-mounts the file itself.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::keys::{KeyError, SigningKey};
 
@@ -41,6 +55,46 @@ pub enum RootKeyError {
         /// Its mode bits.
         mode: u32,
     },
+    /// The state directory lets its group or others create files in it.
+    #[error(
+        "{path}: mode {mode:04o} lets group or others write to the state directory, so they could \
+         plant or replace the root key; run `chmod 700 {path}`"
+    )]
+    InsecureStateDir {
+        /// The state directory.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// The key file is a symbolic link.
+    #[error(
+        "{path}: is a symbolic link; the root key must be a regular file inside the state \
+         directory (links are not followed, so that no one can point it at a key of their own)"
+    )]
+    Symlink {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The key file is a directory, device, FIFO or socket.
+    #[error("{path}: is not a regular file")]
+    NotAFile {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The key file belongs to another user than the one authproxy runs as
+    /// (and not to root).
+    #[error(
+        "{path}: owned by uid {owner}, but authproxy runs as uid {euid}; the root key must belong \
+         to this user or to root (`chown {euid} {path}`)"
+    )]
+    WrongOwner {
+        /// The key file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The effective user id of this process.
+        euid: u32,
+    },
     /// The key file does not hold an Ed25519 PKCS#8 key.
     #[error("{path}: {source}")]
     BadKey {
@@ -54,25 +108,41 @@ pub enum RootKeyError {
 /// Loads the root key from `state_dir/root-key.pem`, creating the directory
 /// (0700) and the key (0600) on first start.
 pub fn load_or_create_root_key(state_dir: &Path) -> Result<SigningKey, RootKeyError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| RootKeyError::Io { path, source }
-    };
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(state_dir)
         .map_err(io(state_dir))?;
+    let dir = open_state_dir(state_dir)?;
     let path = state_dir.join(ROOT_KEY_FILE);
-    if !path.exists() {
-        create_key_file(&path)?;
+    let mut file = match open_key_file(&dir, &path)? {
+        Some(f) => f,
+        None => {
+            create_key_file(&path)?;
+            open_key_file(&dir, &path)?.ok_or_else(|| RootKeyError::Io {
+                path: path.clone(),
+                source: std::io::ErrorKind::NotFound.into(),
+            })?
+        }
+    };
+    let meta = file.metadata().map_err(io(&path))?;
+    if !meta.file_type().is_file() {
+        return Err(RootKeyError::NotAFile { path });
     }
-    let meta = fs::metadata(&path).map_err(io(&path))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if !permissions_are_safe(mode, std::os::unix::fs::MetadataExt::uid(&meta)) {
+    let euid = rustix::process::geteuid().as_raw();
+    if !owner_is_trusted(meta.uid(), euid) {
+        return Err(RootKeyError::WrongOwner {
+            path,
+            owner: meta.uid(),
+            euid,
+        });
+    }
+    let mode = meta.mode() & 0o777;
+    if !permissions_are_safe(mode, meta.uid()) {
         return Err(RootKeyError::InsecurePermissions { path, mode });
     }
-    let pem = fs::read(&path).map_err(io(&path))?;
+    let mut pem = Vec::new();
+    file.read_to_end(&mut pem).map_err(io(&path))?;
     SigningKey::from_pkcs8_pem(&pem).map_err(|source| RootKeyError::BadKey { path, source })
 }
 
@@ -90,6 +160,58 @@ pub fn load_root_public_key(state_dir: &Path) -> Result<crate::keys::PublicKey, 
         .map_err(|source| RootKeyError::BadKey { path, source })
 }
 
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RootKeyError + use<> {
+    let path = path.to_owned();
+    move |source| RootKeyError::Io { path, source }
+}
+
+/// Opens the state directory and refuses it if its group or others may
+/// write to it (sticky or not: a name that does not exist yet can be
+/// taken by anyone who may write).
+fn open_state_dir(state_dir: &Path) -> Result<fs::File, RootKeyError> {
+    let fd = rustix::fs::open(
+        state_dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io(state_dir)(e.into()))?;
+    let dir = fs::File::from(fd);
+    let mode = dir.metadata().map_err(io(state_dir))?.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(RootKeyError::InsecureStateDir {
+            path: state_dir.to_owned(),
+            mode,
+        });
+    }
+    Ok(dir)
+}
+
+/// Opens the key file inside `dir` without following a symbolic link;
+/// `None` if it does not exist. `O_NONBLOCK` so that a FIFO planted there
+/// cannot hang the start; it is then refused as not a regular file.
+fn open_key_file(dir: &fs::File, path: &Path) -> Result<Option<fs::File>, RootKeyError> {
+    match rustix::fs::openat(
+        dir,
+        ROOT_KEY_FILE,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(fs::File::from(fd))),
+        Err(Errno::NOENT) => Ok(None),
+        Err(Errno::LOOP) => Err(RootKeyError::Symlink {
+            path: path.to_owned(),
+        }),
+        Err(e) => Err(io(path)(e.into())),
+    }
+}
+
+/// The key file must belong to the user authproxy runs as, or to root (a
+/// file root provided, such as a mounted Secret). Any other owner could
+/// have chosen its contents.
+fn owner_is_trusted(owner: u32, euid: u32) -> bool {
+    owner == euid || owner == 0
+}
+
 /// Never readable by others, never writable by the group; readable by the
 /// group only when root owns the file (see the module doc).
 fn permissions_are_safe(mode: u32, owner: u32) -> bool {
@@ -103,10 +225,6 @@ fn permissions_are_safe(mode: u32, owner: u32) -> bool {
 /// place: the link fails if another process won the race, so two sidecars
 /// starting together end up sharing one complete key, never a half-written one.
 fn create_key_file(path: &Path) -> Result<(), RootKeyError> {
-    let io = |p: &Path| {
-        let p = p.to_owned();
-        move |source| RootKeyError::Io { path: p, source }
-    };
     let key = SigningKey::generate().map_err(|source| RootKeyError::BadKey {
         path: path.to_owned(),
         source,
@@ -139,6 +257,7 @@ fn create_key_file(path: &Path) -> Result<(), RootKeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn the_root_key_is_created_private_and_reused() {
@@ -191,6 +310,78 @@ mod tests {
                 "{mode:o} owned by {owner}"
             );
         }
+    }
+
+    /// Tests cannot chown without root, so the owner rule is a pure
+    /// function, tried here against every combination that matters.
+    #[test]
+    fn the_key_must_belong_to_this_user_or_to_root() {
+        for (owner, euid, ok) in [
+            (1000, 1000, true),   // our own key
+            (0, 1000, true),      // root-provided (a mounted Secret)
+            (0, 0, true),         // root's own key, running as root
+            (65534, 1000, false), // another user's file
+            (1000, 0, false),     // running as root, key planted by a user
+            (1000, 65534, false),
+        ] {
+            assert_eq!(
+                owner_is_trusted(owner, euid),
+                ok,
+                "key owned by {owner}, running as {euid}"
+            );
+        }
+    }
+
+    /// A key file that is a symbolic link is refused, wherever it points:
+    /// whoever can plant a link in the state directory could otherwise make
+    /// any file the root key.
+    #[test]
+    fn a_symlinked_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        load_or_create_root_key(&elsewhere).unwrap();
+        let state = dir.path().join("state");
+        fs::DirBuilder::new().mode(0o700).create(&state).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join(ROOT_KEY_FILE), state.join(ROOT_KEY_FILE))
+            .unwrap();
+        let e = load_or_create_root_key(&state).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(e.to_string().contains(ROOT_KEY_FILE), "{e}");
+    }
+
+    /// A state directory that others may write to is refused: anyone who
+    /// can create files there can plant a root key before the first start.
+    #[test]
+    fn a_state_dir_writable_by_group_or_others_is_refused() {
+        for mode in [0o777, 0o770, 0o1777, 0o702] {
+            let dir = tempfile::tempdir().unwrap();
+            let state = dir.path().join("state");
+            load_or_create_root_key(&state).unwrap();
+            fs::set_permissions(&state, fs::Permissions::from_mode(mode)).unwrap();
+            let e = load_or_create_root_key(&state).unwrap_err();
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("chmod 700 {}", state.display())),
+                "{mode:o}: {text}"
+            );
+        }
+    }
+
+    /// Tests run as root in CI: there the owner check is tried for real
+    /// with a key handed to `nobody`.
+    #[test]
+    fn a_key_owned_by_another_user_is_refused_when_running_as_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let running_as_root =
+            std::os::unix::fs::MetadataExt::uid(&fs::metadata(dir.path()).unwrap()) == 0;
+        if !running_as_root {
+            eprintln!("skipped: chown needs root");
+            return;
+        }
+        load_or_create_root_key(dir.path()).unwrap();
+        std::os::unix::fs::chown(dir.path().join(ROOT_KEY_FILE), Some(65534), None).unwrap();
+        let e = load_or_create_root_key(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
     }
 
     #[test]

@@ -574,8 +574,8 @@ mod tests {
     fn token_claims_that_differ_from_the_grant_are_refused() {
         let chain = Chain::new("main", DAY);
         let honest = chain.minted("env:view", 300, T0).claims;
-        type Alter = fn(&mut AccessTokenClaims);
-        let cases: [(&str, Alter); 4] = [
+        type Alteration = fn(&mut AccessTokenClaims);
+        let cases: [(&str, Alteration); 4] = [
             ("iss", |c| c.iss = "someone-else".into()),
             ("sub", |c| c.sub = "app/admin".into()),
             ("client_id", |c| c.client_id = "app/admin".into()),
