@@ -627,7 +627,7 @@ fn http_url(s: &str) -> Result<String, String> {
 }
 
 /// RFC 1123 label: what Kubernetes allows for a namespace.
-fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     (1..=63).contains(&b.len())
         && b.iter()
@@ -637,7 +637,7 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 /// RFC 1123 subdomain: what Kubernetes allows for a service-account name.
-fn is_dns_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
@@ -715,6 +715,30 @@ mod tests {
         let c = IssuerConfig::load_with_env(&path, Some(HashMap::new())).unwrap();
         assert_eq!(c.issuer.url, "http://127.0.0.1:8400");
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8400");
+    }
+
+    #[test]
+    fn the_shipped_kubernetes_example_is_valid_once_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/issuer.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text
+            .find("\n# [kubernetes]\n")
+            .expect("a commented [kubernetes] example");
+        let example: String = text[start + 1..]
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .or_else(|| l.strip_prefix('#'))
+                    .unwrap_or(l)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = load(&example, &[]).unwrap_or_else(|e| panic!("{e}\n{example}"));
+        let k = c.kubernetes.expect("the [kubernetes] section");
+        assert_eq!(k.issuer, "https://kubernetes.default.svc.cluster.local");
+        assert!(matches!(k.jwks, KubernetesJwks::File(_)));
+        assert_eq!(k.bindings.len(), 2);
+        assert_eq!(k.bindings[0].service_account, "web");
     }
 
     #[test]

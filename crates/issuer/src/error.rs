@@ -13,6 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::kubernetes::InvalidServiceAccountToken;
 use crate::store::StoreError;
 
 /// Why the issuer refused or failed a request.
@@ -23,6 +24,11 @@ pub enum IssuerError {
     /// Return `401 Unauthorized` (`invalid_token`, `WWW-Authenticate: Bearer`).
     #[error("unauthenticated: {0}")]
     Unauthenticated(&'static str),
+    /// A Kubernetes service-account token that does not verify (signature,
+    /// issuer, audience, times, subject). Answers exactly as
+    /// [`IssuerError::Unauthenticated`]: `401 invalid_token`.
+    #[error("unauthenticated: {0}")]
+    InvalidServiceAccountToken(#[from] InvalidServiceAccountToken),
     /// The credential is valid but not bound to that workload and
     /// environment. Return `403 Forbidden` (`access_denied`).
     #[error("the credential is not bound to workload `{workload}` in environment `{environment}`")]
@@ -66,7 +72,9 @@ impl IssuerError {
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated(_) | Self::InvalidServiceAccountToken(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::NotBound { .. } => StatusCode::FORBIDDEN,
             Self::UnknownWorkload { .. } => StatusCode::NOT_FOUND,
             Self::InvalidRequest(_) | Self::InvalidDeclarations(_) => StatusCode::BAD_REQUEST,
@@ -83,8 +91,9 @@ impl IntoResponse for IssuerError {
             axum::Json(ErrorBody::new(code, description)).into_response()
         };
         let mut response = match &self {
-            Self::Unauthenticated(reason) => {
-                tracing::debug!(reason, "request refused: unauthenticated");
+            Self::Unauthenticated(_) | Self::InvalidServiceAccountToken(_) => {
+                // The reason, never the credential.
+                tracing::debug!(reason = %self, "request refused: unauthenticated");
                 let mut r = body(
                     "invalid_token",
                     "missing, malformed, unknown or revoked bearer credential".into(),

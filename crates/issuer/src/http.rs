@@ -7,7 +7,7 @@
 //! | `GET /.well-known/jwks.json` | anyone |
 //! | `GET /.well-known/oauth-authorization-server` | anyone |
 //! | `POST /v1/sync?environment=E[&dry_run=true]` | admin token |
-//! | `POST /v1/grants` | workload credential |
+//! | `POST /v1/grants` | workload credential or Kubernetes service-account token |
 
 use std::path::Path;
 use std::sync::Arc;
@@ -110,7 +110,7 @@ async fn grants(
     body: Bytes,
 ) -> Result<Response, IssuerError> {
     let now = clock::now();
-    let caller = issuer.authenticate_workload(bearer(&headers), now).await?;
+    let caller = issuer.authenticate_bootstrap(bearer(&headers), now).await?;
     let application = grant_application(&body)?;
     let issued = issuer.issue_grant(&caller, &application, now).await?;
     let response = axum::Json(json!({

@@ -15,6 +15,10 @@ use serde::{Serialize, Serializer};
 
 use crate::config::{IssuerConfig, StoreUrl};
 use crate::error::IssuerError;
+use crate::kubernetes::{
+    ClusterJwksError, InvalidServiceAccountToken, KubernetesCaller, KubernetesVerifier,
+    ServiceAccount, looks_like_jwt,
+};
 use crate::secret::{ADMIN_TOKEN_PREFIX, Secret, WORKLOAD_CREDENTIAL_PREFIX};
 use crate::state_dir::{StateFileError, load_or_create_admin_token, load_or_create_node_id};
 use crate::store::{
@@ -40,6 +44,15 @@ pub enum OpenError {
     /// The store could not be opened or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `[kubernetes] jwks_file` could not be read or holds no usable key.
+    /// (An unreachable `jwks_url` is not fatal: it is fetched again on use.)
+    #[error("`{key}`: {source}")]
+    KubernetesJwks {
+        /// `kubernetes.jwks_file` or `kubernetes.jwks_url`.
+        key: &'static str,
+        /// Why.
+        source: ClusterJwksError,
+    },
 }
 
 /// One issuer node.
@@ -49,6 +62,7 @@ pub struct Issuer {
     store: Arc<dyn Store>,
     root: SigningKey,
     node: String,
+    kubernetes: Option<KubernetesVerifier>,
 }
 
 /// Who asked for a grant, as its bootstrap credential proved.
@@ -57,12 +71,25 @@ pub struct Issuer {
 pub enum Bootstrap {
     /// A workload credential of this identity.
     WorkloadCredential(CredentialOwner),
+    /// A Kubernetes projected service-account token of this service
+    /// account, with its binding if it has one.
+    KubernetesServiceAccount(KubernetesCaller),
 }
 
 impl Bootstrap {
-    fn kind(&self) -> BootstrapKind {
+    /// How the caller proved who it is.
+    pub fn kind(&self) -> BootstrapKind {
         match self {
             Self::WorkloadCredential(_) => BootstrapKind::WorkloadCredential,
+            Self::KubernetesServiceAccount(_) => BootstrapKind::KubernetesServiceAccount,
+        }
+    }
+
+    /// The service account, for a Kubernetes caller.
+    pub fn service_account(&self) -> Option<&ServiceAccount> {
+        match self {
+            Self::WorkloadCredential(_) => None,
+            Self::KubernetesServiceAccount(caller) => Some(&caller.account),
         }
     }
 }
@@ -145,6 +172,10 @@ impl Issuer {
         let root = load_or_create_root_key(&config.issuer.state_dir)?;
         let node = load_or_create_node_id(&config.issuer.state_dir)?;
         let admin_token = load_or_create_admin_token(&config.issuer.state_dir)?;
+        let kubernetes = match &config.kubernetes {
+            Some(k8s) => Some(open_kubernetes(k8s).await?),
+            None => None,
+        };
         let store: Arc<dyn Store> = match &config.store.url {
             StoreUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
         };
@@ -171,6 +202,7 @@ impl Issuer {
             store,
             root,
             node,
+            kubernetes,
         })
     }
 
@@ -303,6 +335,40 @@ impl Issuer {
             ))
     }
 
+    /// Authenticates the bearer credential of `POST /v1/grants`: an
+    /// `ap_wc_…` workload credential, or — anything shaped like a JWT — a
+    /// Kubernetes projected service-account token (refused when
+    /// `[kubernetes]` is not configured).
+    pub async fn authenticate_bootstrap(
+        &self,
+        bearer: Option<&str>,
+        now: u64,
+    ) -> Result<Bootstrap, IssuerError> {
+        match bearer {
+            Some(token)
+                if !token.starts_with(WORKLOAD_CREDENTIAL_PREFIX) && looks_like_jwt(token) =>
+            {
+                self.authenticate_kubernetes(token, now).await
+            }
+            _ => self.authenticate_workload(bearer, now).await,
+        }
+    }
+
+    /// Authenticates a Kubernetes projected service-account token against
+    /// the cluster keys and `[kubernetes] issuer`, and finds its binding.
+    pub async fn authenticate_kubernetes(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<Bootstrap, IssuerError> {
+        let verifier = self
+            .kubernetes
+            .as_ref()
+            .ok_or(InvalidServiceAccountToken::NotConfigured)?;
+        let caller = verifier.authenticate(token, now).await?;
+        Ok(Bootstrap::KubernetesServiceAccount(caller))
+    }
+
     /// Signs a grant for `application.workload` if `caller` is bound to it
     /// in `application.environment` and the workload is live. The ceiling
     /// comes from the store, never from the request.
@@ -317,6 +383,17 @@ impl Issuer {
             environment,
             public_key,
         } = application;
+        let not_bound = || IssuerError::NotBound {
+            workload: workload.clone(),
+            environment: environment.clone(),
+        };
+        // A service account's binding names its workload: decided from the
+        // configuration, before the store is asked anything.
+        if let Bootstrap::KubernetesServiceAccount(k8s) = caller
+            && !k8s.is_bound_to(workload, environment)
+        {
+            return Err(not_bound());
+        }
         let record = self
             .store
             .workload(environment, workload)
@@ -325,16 +402,14 @@ impl Issuer {
                 workload: workload.clone(),
                 environment: environment.clone(),
             })?;
-        let Bootstrap::WorkloadCredential(owner) = caller;
-        let identity = owner.identity.clone();
         // Identities are per environment: the same name in another
         // environment is another identity.
-        if owner.environment != *environment || owner.identity != record.identity {
-            return Err(IssuerError::NotBound {
-                workload: workload.clone(),
-                environment: environment.clone(),
-            });
+        if let Bootstrap::WorkloadCredential(owner) = caller
+            && (owner.environment != *environment || owner.identity != record.identity)
+        {
+            return Err(not_bound());
         }
+        let identity = record.identity.clone();
         if record.removed {
             return Err(IssuerError::UnknownWorkload {
                 workload: workload.clone(),
@@ -375,6 +450,10 @@ impl Issuer {
             environment = %environment,
             expires_at = %rfc3339(expires_at),
             bootstrap = caller.kind().as_str(),
+            service_account = caller.service_account().map(tracing::field::display),
+            pod = caller
+                .service_account()
+                .and_then(|a| a.pod.as_deref()),
             "grant issued"
         );
         Ok(IssuedGrant {
@@ -383,6 +462,37 @@ impl Issuer {
             expires_at,
         })
     }
+}
+
+/// The Kubernetes verifier of `config`, its keys loaded: a `jwks_file`
+/// that cannot be used stops the start; an unreachable `jwks_url` does not
+/// (workload credentials keep working, and the keys are fetched again when
+/// a token needs them).
+async fn open_kubernetes(
+    config: &crate::config::KubernetesConfig,
+) -> Result<KubernetesVerifier, OpenError> {
+    let key = match config.jwks {
+        crate::config::KubernetesJwks::File(_) => "kubernetes.jwks_file",
+        crate::config::KubernetesJwks::Url(_) => "kubernetes.jwks_url",
+    };
+    let verifier = KubernetesVerifier::new(config)
+        .map_err(|source| OpenError::KubernetesJwks { key, source })?;
+    match verifier.load_keys().await {
+        Ok(()) => {}
+        Err(source) if verifier.keys().is_file() => {
+            return Err(OpenError::KubernetesJwks { key, source });
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cluster JWKS not available yet; it is fetched again when a service-account token arrives");
+        }
+    }
+    tracing::info!(
+        issuer = %config.issuer,
+        cluster_keys = ?verifier.keys().kids(),
+        bindings = config.bindings.len(),
+        "Kubernetes bootstrap enabled"
+    );
+    Ok(verifier)
 }
 
 /// Unix seconds as an RFC 3339 UTC string (`2025-01-01T00:00:00Z`).

@@ -9,6 +9,9 @@
 //!   token, store) and the use cases: JWKS, metadata, admin check, sync, grants.
 //! - [`http`] — [`router`]: the routes, mapping requests to use cases.
 //! - [`error`] — [`IssuerError`]: every refusal and failure, and its HTTP answer.
+//! - [`kubernetes`] — the Kubernetes bootstrap: projected service-account
+//!   tokens verified against the cluster's JWKS, mapped through
+//!   `[[kubernetes.bindings]]`.
 //! - [`sync`] — the pure sync planner: declarations vs the store's state →
 //!   plan (created / updated / unchanged / removed) and the changes to write.
 //! - [`store`] — the [`store::Store`] trait (one method per use case, `now`
@@ -24,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod issuer;
+pub mod kubernetes;
 pub mod secret;
 pub mod state_dir;
 pub mod store;

@@ -1,6 +1,6 @@
 //! The canary: open, sync, grants and refusals run with every crate logging
-//! at TRACE into a buffer; afterwards no workload credential, admin token or
-//! grant may appear in it.
+//! at TRACE into a buffer; afterwards no workload credential, Kubernetes
+//! service-account token, admin token or grant may appear in it.
 //!
 //! Its own test binary: it installs the process-wide log subscriber, which
 //! must capture this test's flows and nothing else.
@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use authproxy_core::clock;
 use authproxy_core::keys::SigningKey;
 use authproxy_issuer::{ADMIN_TOKEN_FILE, Issuer, IssuerConfig, router};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 #[derive(Clone)]
@@ -42,12 +45,29 @@ async fn no_secret_reaches_the_log() {
     let state_dir = dir.path().join("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    // A test cluster (P-256: quick to generate) whose service account
+    // main:web bootstraps app/web.
+    let cluster = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+    let cluster = EncodingKey::from_ec_der(cluster.to_pkcs8v1().unwrap().as_ref());
+    let jwk =
+        serde_json::to_value(Jwk::from_encoding_key(&cluster, Algorithm::ES256).unwrap()).unwrap();
+    let jwks_file = dir.path().join("cluster-jwks.json");
+    std::fs::write(
+        &jwks_file,
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "x": jwk["x"], "y": jwk["y"]}]})
+            .to_string(),
+    )
+    .unwrap();
     let config_file = dir.path().join("issuer.toml");
     std::fs::write(
         &config_file,
         format!(
-            "[issuer]\nurl = \"{base}\"\nstate_dir = \"{}\"\n",
-            state_dir.display()
+            "[issuer]\nurl = \"{base}\"\nstate_dir = \"{}\"\n\
+             [kubernetes]\nissuer = \"https://k8s.test\"\njwks_file = \"{}\"\n\
+             [[kubernetes.bindings]]\nservice_account = \"main:web\"\n\
+             workload = \"app/web\"\nenvironment = \"main\"\n",
+            state_dir.display(),
+            jwks_file.display()
         ),
     )
     .unwrap();
@@ -71,11 +91,30 @@ async fn no_secret_reaches_the_log() {
         .unwrap();
     let credential = plan["credentials"]["app/web"].as_str().unwrap().to_owned();
     let key = SigningKey::generate().unwrap();
+    let now = clock::now();
+    let sa_token = |sub: &str, aud: &str| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("k1".into());
+        let (ns, name) = sub.split_once(':').unwrap();
+        let claims = json!({
+            "iss": "https://k8s.test", "aud": [aud], "iat": now, "nbf": now, "exp": now + 600,
+            "sub": format!("system:serviceaccount:{sub}"),
+            "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": name, "uid": "u"},
+                              "pod": {"name": "web-0", "uid": "p"}},
+        });
+        jsonwebtoken::encode(&header, &claims, &cluster).unwrap()
+    };
+    let web_sa = sa_token("main:web", "authproxy");
+    let batch_sa = sa_token("main:batch", "authproxy");
+    let wrong_aud_sa = sa_token("main:web", "vault");
     let mut grants = Vec::new();
     for (bearer, workload) in [
         (credential.as_str(), "app/web"),
         (credential.as_str(), "app/other"),
         (admin, "app/web"),
+        (web_sa.as_str(), "app/web"),
+        (batch_sa.as_str(), "app/web"),
+        (wrong_aud_sa.as_str(), "app/web"),
     ] {
         let r = client
             .post(format!("{base}/v1/grants"))
@@ -102,11 +141,24 @@ async fn no_secret_reaches_the_log() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(grants.len(), 1, "the flows ran");
+    assert_eq!(grants.len(), 2, "the flows ran");
 
     let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     assert!(log.contains("grant issued"), "the log was captured");
-    for secret in [credential.as_str(), admin, wrong_admin.as_str(), &grants[0]] {
+    assert!(
+        log.contains("bootstrap=\"kubernetes\"") || log.contains("bootstrap=kubernetes"),
+        "the Kubernetes grant was logged"
+    );
+    for secret in [
+        credential.as_str(),
+        admin,
+        wrong_admin.as_str(),
+        &grants[0],
+        &grants[1],
+        &web_sa,
+        &batch_sa,
+        &wrong_aud_sa,
+    ] {
         let tail = &secret[secret.len() - 20..];
         assert!(!log.contains(tail), "a secret reached the log");
     }

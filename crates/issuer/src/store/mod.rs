@@ -209,7 +209,7 @@ impl BootstrapKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::WorkloadCredential => "workload_credential",
-            Self::KubernetesServiceAccount => "kubernetes_service_account",
+            Self::KubernetesServiceAccount => "kubernetes",
         }
     }
 }
