@@ -149,6 +149,10 @@ async fn no_secret_reaches_the_log() {
         log.contains("bootstrap=\"kubernetes\"") || log.contains("bootstrap=kubernetes"),
         "the Kubernetes grant was logged"
     );
+    assert!(
+        log.contains("service_account=main:web") && log.contains("pod=\"web-0\""),
+        "with its service account and pod"
+    );
     for secret in [
         credential.as_str(),
         admin,
