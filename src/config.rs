@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use authproxy_core::duration::parse_in as duration_in;
+
 use serde::Deserialize;
 
 use authproxy_core::grant::MAX_GRANT_LIFETIME;
@@ -621,24 +623,6 @@ impl<'de> serde::Deserializer<'de> for FieldNames<'_> {
         bytes byte_buf option unit unit_struct newtype_struct seq tuple
         tuple_struct map enum identifier ignored_any
     }
-}
-
-/// Parses `30s`, `5m`, `1h30m`, `24h` (humantime), or bare seconds, and
-/// checks it lies in `[min, max]`.
-fn duration_in(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
-    let d = match s.trim().parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(s.trim())
-            .map_err(|e| format!("`{s}` is not a duration like 30s, 5m or 1h ({e})"))?,
-    };
-    if d < min || d > max {
-        return Err(format!(
-            "= {s} is out of range: allowed {} to {}",
-            humantime::format_duration(min),
-            humantime::format_duration(max)
-        ));
-    }
-    Ok(d)
 }
 
 #[cfg(test)]

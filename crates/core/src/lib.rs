@@ -6,6 +6,7 @@
 //! - [`workload`] — workload ids (`app/web`, `worker/web/queue`, `task/x`) and environments.
 //! - [`declarations`] — the project's YAML declarations and the inheritance
 //!   rules (feature `declarations`).
+//! - [`duration`] — durations as config files write them (feature `config`).
 //! - [`keys`] — Ed25519 keys, JWKs and JWK sets, RFC 7638 thumbprints, signing.
 //! - [`root_key`] — the embedded issuer's root key file under a state directory.
 //! - [`grant`] — root-signed grants binding a sidecar key to a workload: issue and verify.
@@ -25,6 +26,8 @@ pub mod authorization;
 pub mod clock;
 #[cfg(feature = "declarations")]
 pub mod declarations;
+#[cfg(feature = "config")]
+pub mod duration;
 pub mod grant;
 mod jws;
 pub mod keys;

@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use authproxy_core::duration::parse_in as duration_in;
+
 use authproxy_core::grant::MAX_GRANT_LIFETIME;
 use authproxy_core::{Environment, WorkloadId};
 use serde::Deserialize;
@@ -639,24 +641,6 @@ pub(crate) fn is_dns_label(s: &str) -> bool {
 /// RFC 1123 subdomain: what Kubernetes allows for a service-account name.
 pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
-/// Parses `30s`, `5m`, `1h30m`, `24h` (humantime), or bare seconds, and
-/// checks it lies in `[min, max]`.
-fn duration_in(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
-    let d = match s.trim().parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(s.trim())
-            .map_err(|e| format!("`{s}` is not a duration like 30s, 5m or 1h ({e})"))?,
-    };
-    if d < min || d > max {
-        return Err(format!(
-            "= {s} is out of range: allowed {} to {}",
-            humantime::format_duration(min),
-            humantime::format_duration(max)
-        ));
-    }
-    Ok(d)
 }
 
 #[cfg(test)]
