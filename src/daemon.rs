@@ -192,6 +192,10 @@ impl Daemon {
                         waited,
                         source: e,
                     },
+                })
+                .inspect(|g| {
+                    let c = g.claims();
+                    tracing::info!(jti = %c.jti, exp = c.exp, scope = %c.scope, "grant received from the issuer");
                 })?,
         };
         let sidecar = Sidecar::new(

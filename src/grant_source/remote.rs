@@ -205,6 +205,7 @@ impl Remote {
         for index in 0..self.issuers.len() {
             match self.ask(index, &credential, key, now).await {
                 Asked::Granted(grant) => {
+                    tracing::debug!(issuer = %shown(&self.issuers[index]), jti = %grant.claims().jti, "grant verified");
                     self.note_refusal(None);
                     return Ok(*grant);
                 }
