@@ -139,8 +139,11 @@ pub struct WorkloadConfig {
     pub id: WorkloadId,
     /// The environment its tokens are bound to.
     pub environment: Environment,
-    /// The project's declarations file.
-    pub declarations: PathBuf,
+    /// The project's declarations file: required in embedded mode; in
+    /// remote mode the issuer holds the declarations and the sidecar reads
+    /// no such file (one set here is ignored by `serve`, and used by
+    /// `authproxy check --config`).
+    pub declarations: Option<PathBuf>,
 }
 
 /// `[tokens]`
@@ -159,10 +162,78 @@ pub struct TokensConfig {
 }
 
 /// Where the sidecar's grant comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TrustMode {
     /// A root key under `state_dir`; the sidecar issues its own grant.
     Embedded,
+    /// The platform issuer grants it (DESIGN §8); no root key, no
+    /// declarations file on this side.
+    Remote(RemoteTrust),
+}
+
+/// `[trust]` in remote mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RemoteTrust {
+    /// Base URLs of the issuer's nodes, tried in order (no trailing `/`).
+    pub issuers: Vec<reqwest::Url>,
+    /// Where the bootstrap credential is read, at start and at every renewal.
+    pub bootstrap: BootstrapSource,
+    /// How long start-up keeps trying to obtain the first grant from an
+    /// issuer that is unreachable or failing before it gives up (default 30 s).
+    pub initial_grant_timeout: Duration,
+}
+
+/// `trust.bootstrap`: where the bootstrap credential is. The spec names a
+/// variable or a file, never the credential, so it may be printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapSource {
+    /// `env:VAR`: the value of an environment variable.
+    Env(String),
+    /// `file:PATH`: the contents of a file, re-read at every renewal (a
+    /// Kubernetes projected token rotates under the same path).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for BootstrapSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Env(v) => write!(f, "env:{v}"),
+            Self::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+impl BootstrapSource {
+    /// Parses `env:VAR` or `file:PATH`. The error never repeats the value:
+    /// someone may have pasted the credential itself.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let spec = spec.trim();
+        if let Some(var) = spec.strip_prefix("env:") {
+            let valid = var
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            return if valid {
+                Ok(Self::Env(var.to_owned()))
+            } else {
+                Err("must be env:VARIABLE with a variable name of letters, digits and `_`".into())
+            };
+        }
+        if let Some(path) = spec.strip_prefix("file:") {
+            return if path.trim().is_empty() {
+                Err("must be file:PATH with a path".into())
+            } else {
+                Ok(Self::File(PathBuf::from(path)))
+            };
+        }
+        Err(
+            "must be env:VARIABLE or file:PATH (the value is not shown: it may be a credential)"
+                .into(),
+        )
+    }
 }
 
 /// `[trust]`
@@ -178,6 +249,16 @@ pub struct TrustConfig {
     /// How long unreadable or invalid declarations are survived on the
     /// previous ones before the sidecar turns not-ready (default 10 min).
     pub reload_grace: Duration,
+}
+
+impl TrustConfig {
+    /// The remote-mode settings, if the sidecar runs in remote mode.
+    pub fn remote(&self) -> Option<&RemoteTrust> {
+        match &self.mode {
+            TrustMode::Remote(r) => Some(r),
+            TrustMode::Embedded => None,
+        }
+    }
 }
 
 // The raw shapes: strings as written, checked below so that errors can name
@@ -228,7 +309,7 @@ struct RawServer {
 }
 
 /// `listen = "ADDR"` or `listen = ["ADDR", …]` (from the environment:
-/// `ADDR,ADDR`).
+/// `ADDR,ADDR`); the same shape for `trust.issuers`.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum RawListen {
@@ -260,6 +341,9 @@ struct RawTrust {
     state_dir: Option<String>,
     grant_ttl: Option<String>,
     reload_grace: Option<String>,
+    issuers: Option<RawListen>,
+    bootstrap: Option<String>,
+    initial_grant_timeout: Option<String>,
 }
 
 impl Config {
@@ -291,6 +375,7 @@ impl Config {
             // DESIGN §6: list values are comma-separated in the environment.
             .list_separator(",")
             .with_list_parse_key("server.listen")
+            .with_list_parse_key("trust.issuers")
             .source(env);
         let raw: Raw = ::config::Config::builder()
             .add_source(::config::File::from(file).format(::config::FileFormat::Toml))
@@ -382,7 +467,10 @@ impl Config {
         let environment = required("workload.environment", w.environment)?;
         let environment = Environment::parse(&environment)
             .map_err(|e| invalid("workload.environment", e.to_string()))?;
-        let declarations = PathBuf::from(required("workload.declarations", w.declarations)?);
+        let declarations = w
+            .declarations
+            .filter(|s| !s.trim().is_empty())
+            .map(PathBuf::from);
 
         let issuer = raw
             .tokens
@@ -399,14 +487,40 @@ impl Config {
         )
         .map_err(|p| invalid("tokens.ttl", p))?;
 
+        let remote_keys_set = raw.trust.issuers.is_some()
+            || raw.trust.bootstrap.is_some()
+            || raw.trust.initial_grant_timeout.is_some();
         let mode = match raw.trust.mode.as_deref().unwrap_or("embedded") {
-            "embedded" => TrustMode::Embedded,
-            "remote" => {
-                return Err(invalid(
-                    "trust.mode",
-                    "= \"remote\" is not supported by this build yet; use \"embedded\"".into(),
-                ));
+            "embedded" => {
+                // A remote setting in an embedded config is a mistake that
+                // would otherwise go unnoticed: the sidecar would quietly
+                // hold a root key where remote mode was meant.
+                if remote_keys_set {
+                    let key = if raw.trust.issuers.is_some() {
+                        "trust.issuers"
+                    } else if raw.trust.bootstrap.is_some() {
+                        "trust.bootstrap"
+                    } else {
+                        "trust.initial_grant_timeout"
+                    };
+                    return Err(invalid(
+                        key,
+                        "is a remote-mode key: set `trust.mode = \"remote\"` or remove it".into(),
+                    ));
+                }
+                if declarations.is_none() {
+                    return Err(invalid("workload.declarations", "is required".into()));
+                }
+                TrustMode::Embedded
             }
+            "remote" => TrustMode::Remote(
+                remote_trust(
+                    raw.trust.issuers,
+                    raw.trust.bootstrap,
+                    raw.trust.initial_grant_timeout,
+                )
+                .map_err(|(key, problem)| invalid(key, problem))?,
+            ),
             other => {
                 return Err(invalid(
                     "trust.mode",
@@ -533,6 +647,72 @@ impl Config {
             sink,
         })
     }
+}
+
+/// The remote-mode keys of `[trust]`, validated; an error is the key and
+/// the problem.
+fn remote_trust(
+    issuers: Option<RawListen>,
+    bootstrap: Option<String>,
+    initial_grant_timeout: Option<String>,
+) -> Result<RemoteTrust, (&'static str, String)> {
+    let texts = match issuers {
+        None => Vec::new(),
+        Some(RawListen::One(u)) => vec![u],
+        Some(RawListen::Many(list)) => list,
+    };
+    let texts: Vec<String> = texts
+        .into_iter()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if texts.is_empty() {
+        return Err((
+            "trust.issuers",
+            "is required in remote mode: the issuer URLs to ask for grants, e.g. [\"http://127.0.0.1:8400\"]".into(),
+        ));
+    }
+    let mut urls: Vec<reqwest::Url> = Vec::with_capacity(texts.len());
+    for text in &texts {
+        let url = reqwest::Url::parse(text.trim_end_matches('/'))
+            .map_err(|e| ("trust.issuers", format!("`{text}` is not a URL ({e})")))?;
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host().is_none()
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err((
+                "trust.issuers",
+                format!(
+                    "`{text}` must be an http(s) URL with a host and no credentials, query or fragment"
+                ),
+            ));
+        }
+        if urls.contains(&url) {
+            return Err(("trust.issuers", format!("lists {url} twice")));
+        }
+        urls.push(url);
+    }
+    let bootstrap = bootstrap
+        .filter(|s| !s.trim().is_empty())
+        .ok_or((
+            "trust.bootstrap",
+            "is required in remote mode: env:VARIABLE or file:PATH holding the bootstrap credential".into(),
+        ))
+        .and_then(|spec| BootstrapSource::parse(&spec).map_err(|p| ("trust.bootstrap", p)))?;
+    let initial_grant_timeout = duration_in(
+        initial_grant_timeout.as_deref().unwrap_or("30s"),
+        Duration::ZERO,
+        Duration::from_secs(600),
+    )
+    .map_err(|p| ("trust.initial_grant_timeout", p))?;
+    Ok(RemoteTrust {
+        issuers: urls,
+        bootstrap,
+        initial_grant_timeout,
+    })
 }
 
 /// Prefix of the environment variables that override the file.
@@ -894,6 +1074,108 @@ mod tests {
             &[("AUTHPROXY__SERVER__MAX_REMOTE_CONNECTIONS", "0")],
         );
         assert!(e.contains("`server.max_remote_connections`"), "{e}");
+    }
+
+    const REMOTE: &str = "[workload]\nid = \"app/web\"\nenvironment = \"main\"\n[tokens]\naudience = \"https://api\"\n[trust]\nmode = \"remote\"\nissuers = [\"http://127.0.0.1:8400\", \"https://issuer.example/base/\"]\nbootstrap = \"file:/run/authproxy/credential\"\n";
+
+    #[test]
+    fn remote_mode_needs_issuers_and_a_bootstrap_but_no_declarations() {
+        let c = load(REMOTE, &[]).unwrap();
+        let r = c.trust.remote().unwrap();
+        assert_eq!(
+            r.issuers
+                .iter()
+                .map(reqwest::Url::as_str)
+                .collect::<Vec<_>>(),
+            ["http://127.0.0.1:8400/", "https://issuer.example/base"]
+        );
+        assert_eq!(
+            r.bootstrap,
+            BootstrapSource::File("/run/authproxy/credential".into())
+        );
+        assert_eq!(r.initial_grant_timeout, Duration::from_secs(30));
+        assert_eq!(c.workload.declarations, None);
+
+        // DESIGN §6: a list override is comma-separated.
+        let c = load(
+            REMOTE,
+            &[
+                ("AUTHPROXY__TRUST__ISSUERS", "http://a:8400,http://b:8400"),
+                ("AUTHPROXY__TRUST__BOOTSTRAP", "env:AUTHPROXY_BOOTSTRAP"),
+                ("AUTHPROXY__TRUST__INITIAL_GRANT_TIMEOUT", "0s"),
+            ],
+        )
+        .unwrap();
+        let r = c.trust.remote().unwrap();
+        assert_eq!(r.issuers.len(), 2);
+        assert_eq!(r.issuers[1].host_str(), Some("b"));
+        assert_eq!(
+            r.bootstrap,
+            BootstrapSource::Env("AUTHPROXY_BOOTSTRAP".into())
+        );
+        assert_eq!(r.initial_grant_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn remote_mode_errors_name_the_key() {
+        for (env, key) in [
+            (
+                ("AUTHPROXY__TRUST__ISSUERS", ""),
+                "`trust.issuers` is required",
+            ),
+            (
+                ("AUTHPROXY__TRUST__ISSUERS", "issuer:8400"),
+                "`trust.issuers`",
+            ),
+            (("AUTHPROXY__TRUST__ISSUERS", "ftp://x"), "`trust.issuers`"),
+            (
+                ("AUTHPROXY__TRUST__ISSUERS", "http://u:p@x"),
+                "`trust.issuers`",
+            ),
+            (("AUTHPROXY__TRUST__ISSUERS", "http://x,http://x"), "twice"),
+            (("AUTHPROXY__TRUST__BOOTSTRAP", "env:"), "`trust.bootstrap`"),
+            (
+                ("AUTHPROXY__TRUST__BOOTSTRAP", "env:A-B"),
+                "`trust.bootstrap`",
+            ),
+            (
+                ("AUTHPROXY__TRUST__BOOTSTRAP", "file:"),
+                "`trust.bootstrap`",
+            ),
+            (
+                ("AUTHPROXY__TRUST__INITIAL_GRANT_TIMEOUT", "1h"),
+                "`trust.initial_grant_timeout`",
+            ),
+        ] {
+            let e = error_of(REMOTE, &[env]);
+            assert!(e.contains(key), "{env:?}: {e}");
+        }
+        let without_bootstrap =
+            REMOTE.replace("bootstrap = \"file:/run/authproxy/credential\"\n", "");
+        let e = error_of(&without_bootstrap, &[]);
+        assert!(e.contains("`trust.bootstrap` is required"), "{e}");
+    }
+
+    /// Someone may paste the credential itself where its location belongs:
+    /// the error must not repeat it.
+    #[test]
+    fn a_bootstrap_that_is_no_spec_is_not_echoed() {
+        let e = error_of(
+            REMOTE,
+            &[("AUTHPROXY__TRUST__BOOTSTRAP", "ap_wc_SECRETVALUE")],
+        );
+        assert!(e.contains("`trust.bootstrap`"), "{e}");
+        assert!(!e.contains("SECRETVALUE"), "{e}");
+    }
+
+    #[test]
+    fn embedded_mode_needs_declarations_and_refuses_remote_keys() {
+        let e = error_of(&MINIMAL.replace("declarations = \"p.yaml\"\n", ""), &[]);
+        assert!(e.contains("`workload.declarations` is required"), "{e}");
+        let e = error_of(MINIMAL, &[("AUTHPROXY__TRUST__ISSUERS", "http://x")]);
+        assert!(e.contains("`trust.issuers` is a remote-mode key"), "{e}");
+        let e = error_of(MINIMAL, &[("AUTHPROXY__TRUST__BOOTSTRAP", "env:X")]);
+        assert!(e.contains("`trust.bootstrap`"), "{e}");
     }
 
     #[test]

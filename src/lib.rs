@@ -5,10 +5,13 @@
 //! tests share one code path.
 //!
 //! # Layout
-//! - [`cli`] — the verbs: `serve`, `check`, `token`, `health`.
+//! - [`cli`] — the verbs: `serve`, `check`, `token`, `health`, `jwks`;
+//!   [`cli::issuer`]: `issuer serve` (the platform issuer, cargo feature
+//!   `issuer`, on by default) and `issuer sync` (its management client).
 //! - [`config`] — the sidecar's TOML configuration, validated into typed values.
-//! - [`daemon`] — start-up, grant renewal, the token file, reload.
-//! - [`grant_source`] — where the grant comes from (embedded issuer today).
+//! - [`daemon`] — start-up, grant renewal (and its backoff), the token file, reload.
+//! - [`grant_source`] — where the grant comes from: the embedded issuer, or
+//!   the platform issuer ([`grant_source::remote`]: remote mode).
 //! - [`sidecar`] — the ephemeral key, the one grant slot, the reuse cache.
 //! - [`server`] — the HTTP routes: token endpoint, proxy, discovery, probes,
 //!   and the checks on who may call them (caller policy, Fetch Metadata).

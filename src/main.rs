@@ -7,12 +7,19 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use authproxy::cli::issuer::{PlanFormat, SyncArgs};
 use authproxy::cli::{self, TokenFormat};
 use authproxy::config::Config;
 use authproxy::telemetry::{LogFormat, init_logging};
 
 /// The shipped sidecar configuration.
 const DEFAULT_CONFIG: &str = "config/authproxy.toml";
+/// The shipped issuer configuration.
+#[cfg(feature = "issuer")]
+const DEFAULT_ISSUER_CONFIG: &str = "config/issuer.toml";
+/// The admin token file of the shipped issuer configuration (its
+/// `issuer.state_dir` + `admin-token`).
+const DEFAULT_ADMIN_TOKEN_FILE: &str = ".authproxy-issuer/admin-token";
 
 #[derive(Parser)]
 #[command(
@@ -90,6 +97,64 @@ enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 0)]
         wait: u64,
     },
+    /// The platform issuer: serve it, or manage it.
+    Issuer {
+        #[command(subcommand)]
+        command: IssuerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum IssuerCommand {
+    /// Run an issuer node.
+    #[cfg(feature = "issuer")]
+    Serve {
+        /// The issuer's TOML configuration.
+        #[arg(long, short, default_value = DEFAULT_ISSUER_CONFIG)]
+        config: PathBuf,
+        /// Log format; default: text on a terminal, json otherwise.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
+    },
+    /// Make the issuer's identities match a declarations file, print the
+    /// plan, and hand out the workload credentials it creates (once).
+    Sync {
+        /// The declarations file.
+        #[arg(long, short)]
+        declarations: PathBuf,
+        /// The environment to sync.
+        #[arg(long, short)]
+        environment: String,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write each new workload credential to a file (mode 0600) named
+        /// after its workload (`app/web` → `app_web`) instead of printing it.
+        #[arg(long)]
+        credentials_dir: Option<PathBuf>,
+        /// The issuer's base URL (`http://` if it has no scheme).
+        #[arg(
+            long,
+            env = "AUTHPROXY_ISSUER",
+            default_value = "http://127.0.0.1:8400"
+        )]
+        issuer: String,
+        /// The file holding the admin token.
+        #[arg(long, env = "AUTHPROXY_ADMIN_TOKEN_FILE", default_value = DEFAULT_ADMIN_TOKEN_FILE)]
+        admin_token_file: PathBuf,
+        /// What to print.
+        #[arg(long, value_enum, default_value_t = PlanFormatArg::Table)]
+        format: PlanFormatArg,
+    },
+}
+
+/// `--format` of the management verbs.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PlanFormatArg {
+    /// Aligned columns.
+    Table,
+    /// The issuer's JSON.
+    Json,
 }
 
 /// `--log-format`.
@@ -112,15 +177,23 @@ enum Format {
     Header,
 }
 
+/// The log format `--log-format` asks for, or the default.
+fn log_format(arg: Option<LogFormatArg>) -> LogFormat {
+    match arg {
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        None if std::io::IsTerminal::is_terminal(&std::io::stderr()) => LogFormat::Text,
+        None => LogFormat::Json,
+    }
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve { config, log_format } => {
-            init_logging(match log_format {
-                Some(LogFormatArg::Text) => LogFormat::Text,
-                Some(LogFormatArg::Json) => LogFormat::Json,
-                None if std::io::IsTerminal::is_terminal(&std::io::stderr()) => LogFormat::Text,
-                None => LogFormat::Json,
-            });
+        Command::Serve {
+            config,
+            log_format: format,
+        } => {
+            init_logging(log_format(format));
             match Config::load(&config) {
                 Ok(c) => cli::serve(c),
                 Err(e) => cli::usage_error(&e),
@@ -145,7 +218,13 @@ fn main() -> ExitCode {
             config,
             declarations: None,
         } => match Config::load(&config.unwrap_or_else(|| DEFAULT_CONFIG.into())) {
-            Ok(c) => cli::check(&c.workload.declarations.clone(), Some(&c)),
+            Ok(c) => match c.workload.declarations.clone() {
+                Some(declarations) => cli::check(&declarations, Some(&c)),
+                None => cli::usage_error(&format!(
+                    "{}: `workload.declarations` is not set (in remote mode the issuer holds the declarations); use --declarations FILE",
+                    c.file.display()
+                )),
+            },
             Err(e) => cli::usage_error(&e),
         },
         Command::Token {
@@ -163,5 +242,39 @@ fn main() -> ExitCode {
             },
             Duration::from_secs(wait),
         ),
+        #[cfg(feature = "issuer")]
+        Command::Issuer {
+            command:
+                IssuerCommand::Serve {
+                    config,
+                    log_format: format,
+                },
+        } => {
+            init_logging(log_format(format));
+            cli::issuer::serve(&config)
+        }
+        Command::Issuer {
+            command:
+                IssuerCommand::Sync {
+                    declarations,
+                    environment,
+                    dry_run,
+                    credentials_dir,
+                    issuer,
+                    admin_token_file,
+                    format,
+                },
+        } => cli::issuer::sync(&SyncArgs {
+            declarations,
+            environment,
+            dry_run,
+            credentials_dir,
+            issuer,
+            admin_token_file,
+            format: match format {
+                PlanFormatArg::Table => PlanFormat::Table,
+                PlanFormatArg::Json => PlanFormat::Json,
+            },
+        }),
     }
 }

@@ -36,6 +36,15 @@ pub struct UpstreamErrorLabels {
     pub kind: String,
 }
 
+/// Labels of `authproxy_grant_renewals_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RenewalLabels {
+    /// `ok`, `refused` (the issuer refused the bootstrap credential),
+    /// `unavailable` (no issuer answered with a grant that verifies),
+    /// `bootstrap_unreadable`, or `error`.
+    pub result: String,
+}
+
 /// The sidecar's metrics.
 #[derive(Debug)]
 pub struct SidecarMetrics {
@@ -54,6 +63,8 @@ pub struct SidecarMetrics {
     pub proxy_upstream_errors: Family<UpstreamErrorLabels, Counter>,
     /// Reloads of the declarations that failed (SIGHUP or renewal).
     pub reload_failures: Counter,
+    /// Grant renewals by result.
+    pub grant_renewals: Family<RenewalLabels, Counter>,
 }
 
 /// Latency buckets from 10 µs to ~5 s.
@@ -106,7 +117,14 @@ impl Default for SidecarMetrics {
             "Reloads of the declarations that failed (the previous ones stay in force within trust.reload_grace)",
             reload_failures.clone(),
         );
+        let grant_renewals = Family::<RenewalLabels, Counter>::default();
+        registry.register(
+            "grant_renewals",
+            "Grant renewals by result (remote mode: ok, refused, unavailable, bootstrap_unreadable)",
+            grant_renewals.clone(),
+        );
         Self {
+            grant_renewals,
             reload_failures,
             registry,
             tokens,
@@ -129,6 +147,15 @@ impl SidecarMetrics {
             })
             .inc();
         self.token_latency.observe(took.as_secs_f64());
+    }
+
+    /// Counts one grant renewal.
+    pub fn grant_renewal(&self, result: &str) {
+        self.grant_renewals
+            .get_or_create(&RenewalLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one proxied request.

@@ -127,9 +127,15 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
     }
     secrets.push(("token".into(), t));
 
+    remote_mode(&mut secrets).await;
+
     let log = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
     // The capture worked and saw the flows at trace level.
     assert!(log.contains("token issued"), "nothing captured");
+    assert!(
+        log.contains("refused the bootstrap credential"),
+        "the remote flows did not run"
+    );
     assert!(log.contains("TRACE"), "trace level not captured");
     for (what, secret) in &secrets {
         for part in secret.split('.').filter(|p| p.len() > 16) {
@@ -140,4 +146,87 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
         }
     }
     assert!(!log.contains("eyJ"), "a JWT fragment reached the logs");
+}
+
+/// Remote mode's flows: an issuer in process, a sync, a remote sidecar
+/// bootstrapping from a credential file, a renewal, a refused credential at
+/// start and at renewal. Every credential, the admin token, the issuer's
+/// root key and the remote grant join `secrets`.
+async fn remote_mode(secrets: &mut Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("issuer");
+    let config = dir.path().join("issuer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[issuer]\nurl = \"http://issuer.test\"\nstate_dir = \"{}\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let config =
+        authproxy_issuer::IssuerConfig::load_with_env(&config, Some(Default::default())).unwrap();
+    let issuer = std::sync::Arc::new(authproxy_issuer::Issuer::open(config, now()).await.unwrap());
+    let (url, _stop) = serve(authproxy_issuer::router(issuer)).await;
+    let admin = std::fs::read_to_string(state.join("admin-token")).unwrap();
+    secrets.push(("admin token".into(), admin.trim().to_owned()));
+    let root = std::fs::read_to_string(state.join("root-key.pem")).unwrap();
+    for line in root.lines().filter(|l| !l.starts_with("-----")) {
+        secrets.push(("issuer root key".into(), line.to_owned()));
+    }
+    let plan: serde_json::Value = client()
+        .post(format!("{url}/v1/sync?environment=main"))
+        .bearer_auth(admin.trim())
+        .body(E2E_PROJECT)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let credentials = plan["credentials"].as_object().unwrap();
+    assert_eq!(credentials.len(), 5, "{plan}");
+    for (workload, value) in credentials {
+        secrets.push((
+            format!("credential of {workload}"),
+            value.as_str().unwrap().to_owned(),
+        ));
+    }
+    let file = dir.path().join("app_web");
+    std::fs::write(&file, credentials["app/web"].as_str().unwrap()).unwrap();
+    let trust = format!(
+        "mode = \"remote\"\nissuers = [\"{url}\"]\nbootstrap = \"file:{}\"\n",
+        file.display()
+    );
+    let s = spawn_sidecar(Options {
+        trust_extra: &trust,
+        ..Options::default()
+    })
+    .await;
+    token(&s, None).await;
+    s.daemon.renew(now()).await.unwrap();
+    secrets.push((
+        "remote grant".into(),
+        s.sidecar.grant().compact().to_owned(),
+    ));
+
+    // Refused at start: the credential of another workload.
+    let other = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        other.path(),
+        &Options {
+            workload: "task/send-report",
+            trust_extra: &trust,
+            ..Options::default()
+        },
+    );
+    let config = authproxy::config::Config::load_with_env(&cfg, Some(Default::default())).unwrap();
+    assert!(
+        authproxy::daemon::Daemon::start(config, now())
+            .await
+            .is_err()
+    );
+    // Refused at renewal: the file now holds another workload's credential.
+    std::fs::write(&file, credentials["task/notify"].as_str().unwrap()).unwrap();
+    assert!(s.daemon.renew(now()).await.is_err());
 }

@@ -52,7 +52,11 @@ fn a_bad_config_refuses_to_start_naming_file_and_key() {
             &[("AUTHPROXY__SERVER__LISTEN", "everywhere")],
             "`server.listen`",
         ),
-        (&[("AUTHPROXY__TRUST__MODE", "remote")], "`trust.mode`"),
+        (
+            &[("AUTHPROXY__TRUST__MODE", "remote")],
+            "`trust.issuers` is required",
+        ),
+        (&[("AUTHPROXY__TRUST__MODE", "cloud")], "`trust.mode`"),
         (
             &[("AUTHPROXY__TRUST__GRANT_TTL", "90d")],
             "`trust.grant_ttl`",

@@ -58,7 +58,7 @@ fn check_sidecar(cfg: &Config, decl: &Declarations, what: &str) {
     assert_eq!(cfg.trust.state_dir, PathBuf::from(STATE_DIR), "{what}");
     assert_eq!(
         cfg.workload.declarations,
-        PathBuf::from("/etc/authproxy/project.yaml"),
+        Some(PathBuf::from("/etc/authproxy/project.yaml")),
         "{what}"
     );
 }

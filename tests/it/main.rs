@@ -25,5 +25,6 @@ mod openid_client;
 mod operations;
 mod proxy;
 mod reload;
+mod remote;
 mod sidecar;
 mod used_by;

@@ -392,15 +392,45 @@ impl Daemon {
     /// As [`Daemon::start`], with extra environment (which may override the
     /// listen address; `url` is then the first address it logs).
     pub fn start_with(config: &Path, format: &str, rust_log: &str, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_authproxy"))
-            .args([
+        let mut env = env.to_vec();
+        env.insert(0, ("AUTHPROXY__SERVER__LISTEN", "127.0.0.1:0"));
+        Self::spawn(
+            &[
                 "serve",
                 "--config",
                 config.to_str().unwrap(),
                 "--log-format",
                 format,
-            ])
-            .env("AUTHPROXY__SERVER__LISTEN", "127.0.0.1:0")
+            ],
+            rust_log,
+            &env,
+            "sidecar listening",
+        )
+    }
+
+    /// The real `authproxy issuer serve --config CONFIG` (text logs, `info`),
+    /// listening where its config says.
+    pub fn issuer(config: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn(
+            &[
+                "issuer",
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--log-format",
+                "text",
+            ],
+            "info",
+            env,
+            "issuer listening",
+        )
+    }
+
+    /// Runs the binary with `args` and waits for the log line containing
+    /// `listening` that names its address.
+    pub fn spawn(args: &[&str], rust_log: &str, env: &[(&str, &str)], listening: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_authproxy"))
+            .args(args)
             // At least `info`: the "listening" line tells the address.
             .env("RUST_LOG", rust_log)
             .envs(env.iter().copied())
@@ -422,8 +452,9 @@ impl Daemon {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| panic!("daemon did not start: {startup_log:#?}"));
-            let listening = line.contains("sidecar listening");
-            let url = listening.then(|| format!("http://{}", logged_addr(&line)));
+            let url = line
+                .contains(listening)
+                .then(|| format!("http://{}", logged_addr(&line)));
             startup_log.push(line);
             if let Some(url) = url {
                 break url;

@@ -1,5 +1,7 @@
-//! The CLI verbs (`serve`, `check`, `token`, `health`, `jwks`). Each returns the process exit status; `main` only parses
-//! arguments, loads the configuration, initialises logging and dispatches.
+//! The CLI verbs (`serve`, `check`, `token`, `health`, `jwks`, and in
+//! [`issuer`] `issuer serve` and `issuer sync`). Each returns the process
+//! exit status; `main` only parses arguments, loads the configuration,
+//! initialises logging and dispatches.
 //!
 //! Exit statuses: 0 success; 1 the verb's check failed (not ready, no
 //! token, invalid declarations, a runtime failure); 64 (`EX_USAGE`, the
@@ -20,6 +22,8 @@ use authproxy_core::root_key::{load_or_create_root_key, load_root_public_key};
 
 use crate::config::Config;
 use crate::daemon::Daemon;
+
+pub mod issuer;
 
 /// BSD `EX_USAGE`: the configuration is wrong.
 pub const EX_USAGE: u8 = 64;
@@ -48,7 +52,8 @@ pub fn serve(config: Config) -> ExitCode {
     runtime.block_on(async {
         let daemon = match Daemon::start(config, clock::now()).await {
             Ok(d) => Arc::new(d),
-            Err(e) => return usage_error(&e),
+            Err(e) if e.is_usage() => return usage_error(&e),
+            Err(e) => return failure(&e),
         };
         let server = &daemon.config().server;
         let listeners = match crate::serve::bind_all(&server.listen, server.listen_is_default).await
@@ -81,24 +86,37 @@ pub fn serve(config: Config) -> ExitCode {
     })
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives
+/// between the "listening" log line and the serve loop's first poll must
+/// shut down gracefully, not kill the process. Call it inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let mut term = signal(SignalKind::terminate()).ok();
+    async move {
+        let int = async {
+            match int.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        let term = async {
+            match term.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = int => {},
+            () = term => {},
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }
 
 /// `authproxy check`: validates `declarations` and prints every workload's
@@ -112,7 +130,7 @@ pub fn check(declarations: &Path, config: Option<&Config>) -> ExitCode {
     print!("{}", decl.table());
     match config {
         Some(cfg) => {
-            if let Err(e) = crate::grant_source::declared_ceiling(cfg, &decl) {
+            if let Err(e) = crate::grant_source::declared_ceiling(cfg, &decl, declarations) {
                 return failure(&e);
             }
             println!(
@@ -130,6 +148,17 @@ pub fn check(declarations: &Path, config: Option<&Config>) -> ExitCode {
 /// read from a file it mounts read-only — its trust anchor then never comes
 /// from a workload's network namespace.
 pub fn jwks(config: &Config, out: Option<&Path>) -> ExitCode {
+    if let Some(remote) = config.trust.remote() {
+        return usage_error(&format!(
+            "{}: `trust.mode` = \"remote\": this sidecar has no root key; upstreams take the issuer's JWKS ({}/.well-known/jwks.json)",
+            config.file.display(),
+            remote
+                .issuers
+                .first()
+                .map(|u| u.as_str().trim_end_matches('/'))
+                .unwrap_or_default()
+        ));
+    }
     let root = match load_or_create_root_key(&config.trust.state_dir) {
         Ok(k) => k,
         Err(e) => return usage_error(&e),
@@ -191,13 +220,21 @@ pub fn token(
 /// proves it is the sidecar of `config` — it signs a fresh nonce with the
 /// key that a grant from this config's root binds to this workload and
 /// environment (see [`authproxy_core::proof`]); 1 otherwise. Whoever binds
-/// the port after the sidecar dies cannot pass for it.
+/// the port after the sidecar dies cannot pass for it. In remote mode the
+/// root keys are the issuer's, fetched from its JWKS.
 pub fn health(endpoint: &str, config: &Config) -> ExitCode {
-    let root = match load_root_public_key(&config.trust.state_dir) {
-        Ok(k) => k,
-        Err(e) => return failure(&e),
+    let roots = match config.trust.remote() {
+        None => match load_root_public_key(&config.trust.state_dir) {
+            Ok(root) => RootKeys::from([(root.thumbprint().to_owned(), root)]),
+            Err(e) => return failure(&e),
+        },
+        Some(remote) => match client_runtime()
+            .and_then(|rt| rt.block_on(crate::grant_source::remote::issuer_roots(remote)))
+        {
+            Ok(roots) => roots,
+            Err(e) => return failure(&format!("cannot fetch the issuer's root keys: {e}")),
+        },
     };
-    let roots = RootKeys::from([(root.thumbprint().to_owned(), root)]);
     let nonce = random_id();
     let answer = client_runtime().and_then(|rt| {
         rt.block_on(crate::client::check_ready(endpoint, &nonce))

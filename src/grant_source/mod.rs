@@ -1,7 +1,10 @@
-//! Where the sidecar's grant comes from. Today: the embedded issuer (a root
-//! key under `trust.state_dir` and the declarations file); the platform
-//! issuer (remote mode) comes next. The daemon asks its source for a grant
-//! at start, at renewal and after a reload.
+//! Where the sidecar's grant comes from: the embedded issuer (a root key
+//! under `trust.state_dir` and the declarations file), or the platform
+//! issuer ([`remote`]: remote mode, no root key and no declarations on this
+//! side). The daemon asks its source for a grant at start, at renewal and
+//! after a reload.
+
+pub mod remote;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -14,6 +17,8 @@ use authproxy_core::shared::Shared;
 use authproxy_core::{Environment, ScopeSet, WorkloadId};
 
 use crate::config::{Config, TrustMode};
+
+pub use remote::{BootstrapError, IssuerFailure, Refusal, Remote};
 
 /// Why a grant source could not be set up, or could not read its declarations.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +40,14 @@ pub enum SourceError {
     /// The root key could not be loaded or created.
     #[error(transparent)]
     RootKey(#[from] RootKeyError),
+    /// The HTTP client for the issuer could not be built (remote mode).
+    #[error("{config}: `trust.issuers`: cannot build an HTTP client: {source}")]
+    Client {
+        /// The config file.
+        config: PathBuf,
+        /// Why.
+        source: reqwest::Error,
+    },
     /// The thread reading the declarations failed (it panicked, or the
     /// runtime is shutting down).
     #[error("{declarations}: reading the declarations did not finish: {source}")]
@@ -53,6 +66,41 @@ pub enum GrantError {
     /// Signing, or generating a new sidecar key, failed.
     #[error("grant signing failed: {0}")]
     Sign(#[from] KeyError),
+    /// Remote mode: the bootstrap credential could not be read.
+    #[error("`trust.bootstrap` = {spec}: {source}")]
+    Bootstrap {
+        /// `trust.bootstrap` as written (a variable name or a path, never
+        /// the credential).
+        spec: String,
+        /// Why.
+        source: BootstrapError,
+    },
+    /// Remote mode: the issuer refused the bootstrap credential.
+    #[error(transparent)]
+    Refused(Refusal),
+    /// Remote mode: no issuer answered with a grant that verifies; why,
+    /// issuer by issuer.
+    #[error("no grant from any issuer: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Unavailable(Vec<IssuerFailure>),
+}
+
+impl GrantError {
+    /// The `result` label of `authproxy_grant_renewals_total` for this failure.
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            Self::Refused(_) => "refused",
+            Self::Unavailable(_) => "unavailable",
+            Self::Bootstrap { .. } => "bootstrap_unreadable",
+            Self::Sign(_) => "error",
+        }
+    }
+
+    /// Trying again as it is cannot help: the credential, or where it is
+    /// read from, must change first. At start this is a configuration
+    /// error; at renewal the retries go on (the platform may fix it).
+    pub fn needs_new_credential(&self) -> bool {
+        matches!(self, Self::Refused(_) | Self::Bootstrap { .. })
+    }
 }
 
 /// A source of grants for one workload.
@@ -61,13 +109,23 @@ pub enum GrantError {
 pub enum GrantSource {
     /// The sidecar signs its own grant with an embedded root key.
     Embedded(Embedded),
+    /// The platform issuer grants it.
+    Remote(Remote),
 }
 
 impl GrantSource {
     /// The source `config.trust.mode` names.
     pub fn from_config(config: &Config) -> Result<Self, SourceError> {
-        match config.trust.mode {
+        match &config.trust.mode {
             TrustMode::Embedded => Embedded::open(config).map(Self::Embedded),
+            TrustMode::Remote(remote) => {
+                Remote::open(config, remote)
+                    .map(Self::Remote)
+                    .map_err(|source| SourceError::Client {
+                        config: config.file.clone(),
+                        source,
+                    })
+            }
         }
     }
 
@@ -75,7 +133,17 @@ impl GrantSource {
     pub async fn obtain(&self, key: &PublicKey, now: u64) -> Result<Grant, GrantError> {
         match self {
             Self::Embedded(e) => e.issue(key, now),
+            Self::Remote(r) => r.obtain(key, now).await,
         }
+    }
+
+    /// Every grant is obtained for a fresh sidecar key. True in remote
+    /// mode: the issuer may have narrowed the ceiling since the last grant
+    /// without the sidecar knowing beforehand, and a fresh key per grant
+    /// leaves the wider grant bound to no live key (the embedded source
+    /// knows when it narrows, and rotates then).
+    pub fn fresh_key_per_grant(&self) -> bool {
+        matches!(self, Self::Remote(_))
     }
 
     /// Re-reads what decides the ceiling (the declarations file) at `now`,
@@ -86,6 +154,9 @@ impl GrantSource {
     pub async fn reload(&self, now: u64) -> Result<Change, SourceError> {
         match self {
             Self::Embedded(e) => e.reload(now).await,
+            // Nothing to read: the issuer decides the ceiling, and the
+            // credential is read at every request.
+            Self::Remote(_) => Ok(Change::default()),
         }
     }
 
@@ -101,13 +172,16 @@ impl GrantSource {
     pub fn failing_since(&self) -> Option<u64> {
         match self {
             Self::Embedded(e) => e.failing_since(),
+            Self::Remote(_) => None,
         }
     }
 
-    /// The root public keys an upstream needs to verify this source's grants.
+    /// The root public keys an upstream needs to verify this source's
+    /// grants: in remote mode the issuer's, as last fetched.
     pub fn jwks(&self) -> Jwks {
         match self {
             Self::Embedded(e) => Jwks::publish([e.root.public()]),
+            Self::Remote(r) => r.jwks(),
         }
     }
 }
@@ -137,17 +211,14 @@ pub struct Embedded {
 
 impl Embedded {
     fn open(config: &Config) -> Result<Self, SourceError> {
-        let ceiling = load_ceiling(
-            &config.file,
-            &config.workload.declarations,
-            &config.workload.id,
-        )?;
+        let declarations = embedded_declarations(config);
+        let ceiling = load_ceiling(&config.file, &declarations, &config.workload.id)?;
         Ok(Self {
             root: load_or_create_root_key(&config.trust.state_dir)?,
             issuer: config.tokens.issuer.clone(),
             workload: config.workload.id.clone(),
             environment: config.workload.environment.clone(),
-            declarations: config.workload.declarations.clone(),
+            declarations,
             ttl_secs: config.trust.grant_ttl.as_secs(),
             ceiling: Shared::new(ceiling),
             failing_since: Mutex::new(None),
@@ -226,17 +297,20 @@ fn load_ceiling(
     ceiling_in(&Declarations::load(declarations)?, config, declarations, id)
 }
 
-/// `config`'s workload's authorizations in `declarations`, or why it has none.
+/// `workload.declarations`, which configuration validation requires in
+/// embedded mode.
+fn embedded_declarations(config: &Config) -> PathBuf {
+    config.workload.declarations.clone().unwrap_or_default()
+}
+
+/// `config`'s workload's authorizations in `declarations` (read from
+/// `path`), or why it has none.
 pub fn declared_ceiling(
     config: &Config,
     declarations: &Declarations,
+    path: &Path,
 ) -> Result<ScopeSet, SourceError> {
-    ceiling_in(
-        declarations,
-        &config.file,
-        &config.workload.declarations,
-        &config.workload.id,
-    )
+    ceiling_in(declarations, &config.file, path, &config.workload.id)
 }
 
 fn ceiling_in(
