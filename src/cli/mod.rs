@@ -8,7 +8,10 @@
 //! linkerd and sysexits convention) the configuration is wrong, under every
 //! verb — for `serve` that includes a `server.listen` address it cannot
 //! bind (already in use, not local, privileged), since only a change of
-//! configuration (or of what else runs there) fixes it.
+//! configuration (or of what else runs there) fixes it. In remote mode a
+//! bootstrap credential that cannot be read or that the issuer refuses is
+//! 64 too; issuers that stay unreachable for `trust.initial_grant_timeout`
+//! are 1 (a later restart may succeed).
 
 use std::path::Path;
 use std::process::ExitCode;
