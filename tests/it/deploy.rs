@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use authproxy::config::Config;
+use authproxy::config::{BootstrapSource, Config};
 use authproxy_core::declarations::Declarations;
 use authproxy_core::root_key::ROOT_KEY_FILE;
 use serde_norway::Value;
@@ -73,22 +73,159 @@ fn the_shipped_deploy_config_is_valid() {
     check_sidecar(&cfg, &decl, "deploy/config");
 }
 
+/// One compose volume entry, short (`src:dst[:ro]`) or long syntax.
+#[derive(Debug, Clone)]
+struct Mount {
+    source: String,
+    target: String,
+    read_only: bool,
+    subpath: Option<String>,
+}
+
+fn compose_mounts(svc: &Value) -> Vec<Mount> {
+    svc["volumes"]
+        .as_sequence()
+        .map(|s| {
+            s.iter()
+                .map(|m| {
+                    if let Some(short) = m.as_str() {
+                        let parts: Vec<&str> = short.split(':').collect();
+                        Mount {
+                            source: parts[0].to_owned(),
+                            target: parts[1].to_owned(),
+                            read_only: parts.get(2) == Some(&"ro"),
+                            subpath: None,
+                        }
+                    } else {
+                        Mount {
+                            source: m["source"].as_str().unwrap().to_owned(),
+                            target: m["target"].as_str().unwrap().to_owned(),
+                            read_only: m["read_only"].as_bool() == Some(true),
+                            subpath: m["volume"]["subpath"].as_str().map(str::to_owned),
+                        }
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value after `flag` in a command line.
+fn arg_after(args: &[String], flag: &str) -> String {
+    let i = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+    args[i + 1].clone()
+}
+
+fn issuer_config(text: &str) -> authproxy_issuer::IssuerConfig {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("issuer.toml");
+    std::fs::write(&f, text).unwrap();
+    authproxy_issuer::IssuerConfig::load_with_env(&f, Some(HashMap::new()))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[test]
 fn compose_services_match_the_binary() {
     let c = yaml("deploy/compose.yaml");
     let services = c["services"].as_mapping().unwrap();
+    let svc = |n: &str| services[&Value::from(n)].clone();
     let toml_text = std::fs::read_to_string("deploy/config/authproxy.toml").unwrap();
     let decl = declarations(&std::fs::read_to_string("deploy/config/project.yaml").unwrap());
+
+    // The issuer: `issuer serve` with deploy/config/issuer.toml, its state in
+    // a volume of its own.
+    let issuer = svc("issuer");
+    let args = strs(&issuer["command"]);
+    assert_eq!(&args[..2], ["issuer", "serve"]);
+    let issuer_config_path = arg_after(&args, "--config");
+    assert_eq!(issuer_config_path, "/etc/authproxy/issuer.toml");
+    let icfg = issuer_config(&std::fs::read_to_string("deploy/config/issuer.toml").unwrap());
+    assert_eq!(icfg.issuer.url, "http://issuer:8400");
+    assert_eq!(icfg.server.listen.port(), 8400);
+    assert!(
+        icfg.server.listen.ip().is_unspecified(),
+        "{:?}",
+        icfg.server
+    );
+    let issuer_mounts = compose_mounts(&issuer);
+    assert!(
+        issuer_mounts
+            .iter()
+            .any(|m| m.source == "./config" && m.target == "/etc/authproxy" && m.read_only),
+        "{issuer_mounts:?}"
+    );
+    let state = issuer_mounts
+        .iter()
+        .find(|m| Path::new(&m.target) == icfg.issuer.state_dir)
+        .expect("the issuer's state_dir is a volume")
+        .clone();
+    assert!(!state.read_only);
+    assert!(
+        c["volumes"]
+            .as_mapping()
+            .unwrap()
+            .contains_key(state.source.as_str())
+    );
+
+    // The one-shot sync: the admin token read-only from the issuer's state,
+    // credentials into a volume.
+    let sync = svc("sync");
+    let args = strs(&sync["command"]);
+    assert_eq!(&args[..2], ["issuer", "sync"]);
+    assert_eq!(
+        arg_after(&args, "--declarations"),
+        "/etc/authproxy/project.yaml"
+    );
+    assert_eq!(arg_after(&args, "--environment"), "main");
+    assert_eq!(arg_after(&args, "--issuer"), icfg.issuer.url);
+    assert_eq!(
+        PathBuf::from(arg_after(&args, "--admin-token-file")),
+        icfg.admin_token_file()
+    );
+    let creds_dir = arg_after(&args, "--credentials-dir");
+    let sync_mounts = compose_mounts(&sync);
+    assert!(
+        sync_mounts
+            .iter()
+            .any(|m| m.source == state.source && m.target == state.target && m.read_only),
+        "sync reads the admin token read-only: {sync_mounts:?}"
+    );
+    let creds = sync_mounts
+        .iter()
+        .find(|m| m.target == creds_dir && !m.read_only)
+        .expect("sync writes the credentials into a volume")
+        .clone();
+    assert_eq!(
+        sync["depends_on"]["issuer"]["condition"].as_str(),
+        Some("service_started")
+    );
+
+    // Nobody else mounts the issuer's state.
+    for (name, s) in services {
+        let name = name.as_str().unwrap();
+        if name != "issuer" && name != "sync" {
+            let m = compose_mounts(s);
+            assert!(
+                !m.iter().any(|m| m.source == state.source),
+                "{name} mounts the issuer's state: {m:?}"
+            );
+        }
+    }
+
     let mut sidecars = 0;
-    for (name, svc) in services {
+    let mut credential_mounts = Vec::new();
+    for (name, s) in services {
         let name = name.as_str().unwrap();
         if !name.ends_with("-authproxy") {
             continue;
         }
         sidecars += 1;
-        let args = strs(&svc["command"]);
+        let args = strs(&s["command"]);
         assert_eq!(config_arg(&args), CONFIG_PATH, "{name}");
-        let env: HashMap<String, String> = svc["environment"]
+        let env: HashMap<String, String> = s["environment"]
             .as_mapping()
             .unwrap()
             .iter()
@@ -101,26 +238,58 @@ fn compose_services_match_the_binary() {
             .collect();
         let cfg = load(&toml_text, &env);
         check_sidecar(&cfg, &decl, name);
+        // Remote mode, from the compose issuer, with its own credential.
+        let remote = cfg
+            .trust
+            .remote()
+            .unwrap_or_else(|| panic!("{name}: not remote"));
+        let issuers: Vec<String> = remote.issuers.iter().map(ToString::to_string).collect();
+        assert_eq!(issuers, ["http://issuer:8400/"], "{name}");
+        let BootstrapSource::File(path) = &remote.bootstrap else {
+            panic!("{name}: bootstrap from a file")
+        };
+        let path = path.to_str().unwrap().to_owned();
+        let mounts = compose_mounts(s);
+        let cred = mounts
+            .iter()
+            .find(|m| m.target == path)
+            .unwrap_or_else(|| panic!("{name}: {path} not mounted: {mounts:?}"));
+        assert!(cred.read_only, "{name}");
+        assert_eq!(
+            cred.source, creds.source,
+            "{name}: from the volume sync writes"
+        );
+        assert_eq!(
+            cred.subpath.as_deref(),
+            Some(cfg.workload.id.to_string().replace('/', "_").as_str()),
+            "{name}: only its own credential file"
+        );
+        credential_mounts.push(cred.clone());
+        // No root key anywhere: no state volume, and nothing but its
+        // credential and the (public) config.
+        for m in &mounts {
+            assert!(
+                (m.source == "./config" && m.read_only) || m.target == path,
+                "{name}: unexpected mount {m:?}"
+            );
+        }
+        assert!(!Path::new("deploy/config").join(ROOT_KEY_FILE).exists());
+        assert_eq!(
+            s["depends_on"]["sync"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{name}"
+        );
         // It shares the namespace of the workload it serves.
         let workload = name.trim_end_matches("-authproxy");
         assert_eq!(
-            svc["network_mode"].as_str(),
+            s["network_mode"].as_str(),
             Some(format!("service:{workload}").as_str())
         );
         assert!(
             services.contains_key(workload),
             "{name}: no service {workload}"
         );
-        let mounts = strs(&svc["volumes"]);
-        assert!(
-            mounts.contains(&"./config:/etc/authproxy:ro".to_owned()),
-            "{name}: {mounts:?}"
-        );
-        assert!(
-            mounts.iter().any(|m| m.ends_with(&format!(":{STATE_DIR}"))),
-            "{name}: {mounts:?}"
-        );
-        let health = strs(&svc["healthcheck"]["test"]);
+        let health = strs(&s["healthcheck"]["test"]);
         assert_eq!(
             &health[1..3],
             ["/usr/local/bin/authproxy", "health"],
@@ -134,49 +303,43 @@ fn compose_services_match_the_binary() {
         );
     }
     assert_eq!(sidecars, 2);
-    assert!(Path::new("deploy/config/authproxy.toml").exists());
-    // Issue #11 item 2: the upstream's trust anchor is not fetched from a
-    // workload's network namespace. It reads a JWKS file made from the root
-    // key's public half by a one-shot `authproxy jwks`, through a volume it
-    // mounts read-only; no sidecar listens beyond loopback.
-    let api_svc = &services[&Value::from("api")];
+    // No two sidecars mount the same credential.
+    for (i, a) in credential_mounts.iter().enumerate() {
+        for b in &credential_mounts[i + 1..] {
+            assert!(
+                (&a.source, &a.subpath) != (&b.source, &b.subpath),
+                "{a:?} {b:?}"
+            );
+        }
+    }
+    // Only sync mounts the credentials volume whole.
+    for (name, s) in services {
+        for m in compose_mounts(s) {
+            if m.source == creds.source && m.subpath.is_none() {
+                assert_eq!(name.as_str(), Some("sync"), "{m:?}");
+            }
+        }
+    }
+    // The upstream takes the issuer's JWKS, never a sidecar's; nothing
+    // reads a root key file.
+    let api_svc = svc("api");
     let api = strs(&api_svc["command"]);
-    assert!(!api.iter().any(|a| a == "--jwks-url"), "{api:?}");
-    let jwks_file = &api[api.iter().position(|a| a == "--jwks-file").unwrap() + 1];
-    let (dir, _) = jwks_file.rsplit_once('/').unwrap();
-    let api_mounts = strs(&api_svc["volumes"]);
-    let ro = api_mounts
-        .iter()
-        .find(|m| m.ends_with(&format!(":{dir}:ro")))
-        .unwrap_or_else(|| panic!("api mounts {dir} read-only: {api_mounts:?}"));
-    let volume = ro.split(':').next().unwrap();
-    let (writer, svc) = services
-        .iter()
-        .find(|(_, svc)| strs(&svc["command"]).first().map(String::as_str) == Some("jwks"))
-        .expect("a one-shot `authproxy jwks` service");
-    let args = strs(&svc["command"]);
-    let config = &args[args.iter().position(|a| a == "--config").unwrap() + 1];
-    assert_eq!(config, CONFIG_PATH);
-    let out = &args[args.iter().position(|a| a == "--out").unwrap() + 1];
-    let (out_dir, _) = out.rsplit_once('/').unwrap();
-    assert!(
-        strs(&svc["volumes"]).contains(&format!("{volume}:{out_dir}")),
-        "{writer:?} writes {out} into the volume the api reads"
-    );
-    assert_eq!(out.rsplit('/').next(), jwks_file.rsplit('/').next());
+    assert!(!api.iter().any(|a| a == "--jwks-file"), "{api:?}");
+    assert_eq!(arg_after(&api, "--jwks-url"), icfg.jwks_uri());
     assert_eq!(
-        api_svc["depends_on"][writer]["condition"].as_str(),
-        Some("service_completed_successfully")
+        api_svc["depends_on"]["issuer"]["condition"].as_str(),
+        Some("service_started")
     );
-    for (name, svc) in services {
-        let listen = svc["environment"]["AUTHPROXY__SERVER__LISTEN"].as_str();
+    assert!(compose_mounts(&api_svc).is_empty());
+    assert!(!services.contains_key("root-jwks"));
+    for (name, s) in services {
+        let listen = s["environment"]["AUTHPROXY__SERVER__LISTEN"].as_str();
         assert!(
             !listen.is_some_and(|l| l.contains("0.0.0.0") || l.contains("[::]")),
             "{name:?} listens beyond loopback"
         );
     }
-    let audience = &api[api.iter().position(|a| a == "--audience").unwrap() + 1];
-    assert_eq!(audience, "http://api:8300");
+    assert_eq!(arg_after(&api, "--audience"), "http://api:8300");
 }
 
 #[test]
@@ -191,12 +354,136 @@ fn kubernetes_manifests_match_the_binary() {
         std::fs::read_to_string("deploy/config/authproxy.toml").unwrap()
     );
     let cm_name = cm["metadata"]["name"].as_str().unwrap();
+    let item = |file: &str, kind: &str| -> Value {
+        yaml(file)["items"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|i| i["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("{file}: no {kind}"))
+            .clone()
+    };
 
+    // The issuer: its config loads, its Service and port agree, and its
+    // cluster JWKS comes from a ConfigMap it mounts.
+    let issuer_file = "deploy/kubernetes/issuer.yaml";
+    let icm = item(issuer_file, "ConfigMap");
+    let icfg = issuer_config(icm["data"]["issuer.toml"].as_str().unwrap());
+    let service = item(issuer_file, "Service");
+    let service_name = service["metadata"]["name"].as_str().unwrap();
+    assert_eq!(icfg.issuer.url, format!("http://{service_name}:8400"));
+    assert_eq!(service["spec"]["ports"][0]["port"].as_u64(), Some(8400));
+    assert_eq!(
+        service["spec"]["ports"][0]["targetPort"].as_u64(),
+        Some(u64::from(icfg.server.listen.port()))
+    );
+    let dep = item(issuer_file, "Deployment");
+    let ipod = &dep["spec"]["template"]["spec"];
+    assert_eq!(
+        service["spec"]["selector"],
+        dep["spec"]["template"]["metadata"]["labels"]
+    );
+    let ictr = &ipod["containers"][0];
+    let args = strs(&ictr["args"]);
+    assert_eq!(&args[..2], ["issuer", "serve"]);
+    let iconfig = arg_after(&args, "--config");
+    let imount = |name: &str| -> String {
+        ictr["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("issuer: no mount {name}"))["mountPath"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let ivol = |name: &str| -> Value {
+        ipod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("issuer: no volume {name}"))
+            .clone()
+    };
+    let config_vol = ictr["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| Path::new(&iconfig).parent() == Some(Path::new(m["mountPath"].as_str().unwrap())))
+        .expect("the issuer's --config is mounted")["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        ivol(&config_vol)["configMap"]["name"].as_str(),
+        icm["metadata"]["name"].as_str()
+    );
+    let k8s = icfg.kubernetes.as_ref().expect("[kubernetes]");
+    assert_eq!(k8s.issuer, "https://kubernetes.default.svc");
+    let authproxy_issuer::config::KubernetesJwks::File(jwks_file) = &k8s.jwks else {
+        panic!("jwks_file")
+    };
+    let jwks_vol = ictr["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| jwks_file.parent() == Some(Path::new(m["mountPath"].as_str().unwrap())))
+        .expect("the cluster JWKS is mounted")["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(ivol(&jwks_vol)["configMap"]["name"].as_str().is_some());
+    // The state lives on a claim, and the state dir is a directory inside
+    // the mount (the mount itself is group-writable under fsGroup).
+    let state_mount = ictr["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| {
+            icfg.issuer
+                .state_dir
+                .starts_with(m["mountPath"].as_str().unwrap())
+        })
+        .expect("the issuer's state is on a volume")
+        .clone();
+    assert_ne!(
+        Path::new(state_mount["mountPath"].as_str().unwrap()),
+        icfg.issuer.state_dir
+    );
+    let state_vol = ivol(state_mount["name"].as_str().unwrap());
+    assert_eq!(
+        state_vol["persistentVolumeClaim"]["claimName"].as_str(),
+        item(issuer_file, "PersistentVolumeClaim")["metadata"]["name"].as_str()
+    );
+    // The declarations the issuer syncs are the sidecars' ones.
+    assert_eq!(imount("authproxy-config"), "/etc/authproxy");
+    assert_eq!(
+        ivol("authproxy-config")["configMap"]["name"].as_str(),
+        Some(cm_name)
+    );
+
+    let accounts: Vec<(String, String)> = yaml("deploy/kubernetes/serviceaccounts.yaml")["items"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"].as_str() == Some("ServiceAccount"))
+        .map(|i| {
+            (
+                i["metadata"]["namespace"].as_str().unwrap().to_owned(),
+                i["metadata"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+
+    let mut bound = 0;
     for file in [
         "deploy/kubernetes/web-deployment.yaml",
         "deploy/kubernetes/send-report-job.yaml",
     ] {
         let doc = yaml(file);
+        let namespace = doc["metadata"]["namespace"].as_str().unwrap();
         let pod = &doc["spec"]["template"]["spec"];
         let init = pod["initContainers"].as_sequence().unwrap();
         let sidecar = init
@@ -233,7 +520,6 @@ fn kubernetes_manifests_match_the_binary() {
                 "{file} {probe}"
             );
         }
-        // Mounts: config dir holds --config; state dir is trust.state_dir.
         let mount = |name: &str| {
             sidecar["volumeMounts"]
                 .as_sequence()
@@ -247,17 +533,6 @@ fn kubernetes_manifests_match_the_binary() {
             Path::new(mount("authproxy-config")["mountPath"].as_str().unwrap()),
             Path::new(&config).parent().unwrap()
         );
-        // The root key is mounted as a file (`subPath`) inside the image's
-        // 0700 state directory: a Secret volume mounted whole presents its
-        // files as symbolic links in a world-writable directory, both of
-        // which the root key check refuses (SECURITY.md).
-        let state = mount("authproxy-state");
-        assert_eq!(
-            PathBuf::from(state["mountPath"].as_str().unwrap()),
-            cfg.trust.state_dir.join(ROOT_KEY_FILE),
-            "{file}"
-        );
-        assert_eq!(state["subPath"].as_str(), Some(ROOT_KEY_FILE), "{file}");
         let volumes = pod["volumes"].as_sequence().unwrap();
         let vol = |n: &str| {
             volumes
@@ -270,32 +545,85 @@ fn kubernetes_manifests_match_the_binary() {
             vol("authproxy-config")["configMap"]["name"].as_str(),
             Some(cm_name)
         );
-        let secret = vol("authproxy-state");
-        assert!(secret["secret"]["secretName"].as_str().is_some(), "{file}");
-        // 0440: root-owned and group-readable is the one relaxed case the
-        // root key check accepts; anything readable by others is refused.
-        let mode = secret["secret"]["defaultMode"].as_u64().unwrap();
+        // Remote mode: the issuer's Service, and the pod's projected
+        // service-account token (audience authproxy) as the bootstrap.
+        let remote = cfg
+            .trust
+            .remote()
+            .unwrap_or_else(|| panic!("{file}: not remote"));
+        let issuers: Vec<String> = remote.issuers.iter().map(ToString::to_string).collect();
+        assert_eq!(issuers, [format!("{}/", icfg.issuer.url)], "{file}");
+        let BootstrapSource::File(token_path) = &remote.bootstrap else {
+            panic!("{file}: bootstrap from a file")
+        };
+        let token_mount = sidecar["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| token_path.parent() == Some(Path::new(m["mountPath"].as_str().unwrap())))
+            .unwrap_or_else(|| panic!("{file}: {token_path:?} not mounted"))
+            .clone();
+        assert_eq!(token_mount["readOnly"].as_bool(), Some(true), "{file}");
+        let projected = vol(token_mount["name"].as_str().unwrap());
+        let sources = projected["projected"]["sources"].as_sequence().unwrap();
+        assert_eq!(sources.len(), 1, "{file}: the token only");
+        let sat = &sources[0]["serviceAccountToken"];
+        assert_eq!(sat["audience"].as_str(), Some("authproxy"), "{file}");
+        assert_eq!(sat["expirationSeconds"].as_u64(), Some(3600), "{file}");
         assert_eq!(
-            mode & 0o007,
-            0,
-            "{file}: Secret mode {mode:o} readable by others"
+            Some(sat["path"].as_str().unwrap()),
+            token_path.file_name().and_then(|f| f.to_str()),
+            "{file}"
         );
-        assert_eq!(mode & 0o030, 0, "{file}");
+        // Its own service account, bound in the issuer to exactly this
+        // workload and environment.
+        let sa = pod["serviceAccountName"].as_str().unwrap();
+        assert!(
+            accounts.contains(&(namespace.to_owned(), sa.to_owned())),
+            "{file}: no ServiceAccount {namespace}/{sa}"
+        );
+        let bindings: Vec<_> = k8s
+            .bindings
+            .iter()
+            .filter(|b| b.namespace == namespace && b.service_account == sa)
+            .collect();
+        assert_eq!(bindings.len(), 1, "{file}: {namespace}:{sa} bound once");
+        assert_eq!(bindings[0].workload, cfg.workload.id, "{file}");
+        assert_eq!(bindings[0].environment, cfg.workload.environment, "{file}");
+        bound += 1;
         // The main container reaches the sidecar on loopback.
         let app = &pod["containers"][0];
         let cmd = strs(&app["command"]).join(" ");
         assert!(cmd.contains("http://127.0.0.1:8200/"), "{file}: {cmd}");
+    }
+    assert_eq!(bound, k8s.bindings.len(), "every binding has its pod");
+    // No file gives anything a root key: no Secret volume, no root-key.pem.
+    for entry in std::fs::read_dir("deploy/kubernetes").unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains(ROOT_KEY_FILE),
+            "{path:?} names {ROOT_KEY_FILE}"
+        );
+        assert!(!text.contains("secretName"), "{path:?} mounts a Secret");
+        assert!(!text.contains("kind: Secret"), "{path:?} holds a Secret");
     }
 }
 
 #[test]
 fn the_systemd_unit_matches_the_binary() {
     let unit = std::fs::read_to_string("deploy/systemd/authproxy.service").unwrap();
-    let get = |key: &str| -> String {
+    let all = |key: &str| -> Vec<String> {
         unit.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_owned)
+            .collect()
+    };
+    let get = |key: &str| -> String {
+        all(key)
+            .into_iter()
+            .next()
             .unwrap_or_else(|| panic!("no {key}"))
-            .to_owned()
     };
     let exec: Vec<String> = get("ExecStart")
         .split_whitespace()
@@ -305,18 +633,43 @@ fn the_systemd_unit_matches_the_binary() {
     assert_eq!(config_arg(&exec[1..]), CONFIG_PATH);
     assert_eq!(get("ExecReload"), "/bin/kill -HUP $MAINPID");
     assert_eq!(get("RestartPreventExitStatus"), "64");
-    assert_eq!(get("StateDirectory"), "authproxy");
-    assert_eq!(get("StateDirectoryMode"), "0700");
-    let env = get("Environment");
-    let (k, v) = env.split_once('=').unwrap();
+    // Remote mode: no root key, so no state directory to keep one in.
+    assert!(
+        all("StateDirectory").is_empty(),
+        "a remote sidecar keeps no root key"
+    );
+    // The credential: a root-only file systemd hands to this service alone
+    // (LoadCredential=NAME:PATH), read through %d ($CREDENTIALS_DIRECTORY).
+    let (cred_name, cred_path) = get("LoadCredential")
+        .split_once(':')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .unwrap();
+    assert!(Path::new(&cred_path).is_absolute());
+    let env: HashMap<String, String> = all("Environment")
+        .iter()
+        .map(|e| {
+            let (k, v) = e.split_once('=').unwrap();
+            // systemd expands %d to the service's credentials directory.
+            (
+                k.to_owned(),
+                v.replace("%d", "/run/credentials/authproxy.service"),
+            )
+        })
+        .collect();
     let cfg = load(
         &std::fs::read_to_string("deploy/config/authproxy.toml").unwrap(),
-        &HashMap::from([(k.to_owned(), v.to_owned())]),
+        &env,
     );
+    let remote = cfg.trust.remote().expect("remote mode");
+    assert!(!remote.issuers.is_empty());
     assert_eq!(
-        cfg.trust.state_dir,
-        PathBuf::from(format!("/var/lib/{}", get("StateDirectory")))
+        remote.bootstrap,
+        BootstrapSource::File(PathBuf::from(format!(
+            "/run/credentials/authproxy.service/{cred_name}"
+        )))
     );
+    let decl = declarations(&std::fs::read_to_string("deploy/config/project.yaml").unwrap());
+    assert!(decl.get(&cfg.workload.id).is_some(), "{}", cfg.workload.id);
 }
 
 #[test]
