@@ -53,6 +53,11 @@ struct Platform {
 
 impl Platform {
     fn start(grant_ttl: &str) -> Self {
+        Self::start_with(grant_ttl, "")
+    }
+
+    /// As [`Platform::start`], with `extra` appended to the issuer's config.
+    fn start_with(grant_ttl: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addr = closed_addr();
         let url = format!("http://{addr}");
@@ -60,7 +65,7 @@ impl Platform {
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"{addr}\"\n[issuer]\nurl = \"{url}\"\nstate_dir = \"{}\"\ngrant_ttl = \"{grant_ttl}\"\n",
+                "[server]\nlisten = \"{addr}\"\n[issuer]\nurl = \"{url}\"\nstate_dir = \"{}\"\ngrant_ttl = \"{grant_ttl}\"\n{extra}",
                 dir.path().join("state").display()
             ),
         )
@@ -998,4 +1003,116 @@ async fn a_grant_that_does_not_verify_is_refused_and_the_next_issuer_asked() {
     let grant = daemon.sidecar().grant();
     assert_eq!(grant.workload().to_string(), "app/web");
     assert!(daemon.is_ready(now()));
+}
+
+/// Kubernetes bootstrap end to end, with the real binaries: a sidecar whose
+/// bootstrap file is a projected service-account token (minted here as a
+/// kube-apiserver would, audience `authproxy`) gets a grant for the workload
+/// its service account is bound to, and its tokens pass the upstream; a
+/// token of a service account bound to nothing gets no grant.
+#[tokio::test]
+async fn a_projected_service_account_token_bootstraps_a_remote_sidecar() {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    let cluster = tempfile::tempdir().unwrap();
+    let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+    let encoding = EncodingKey::from_ec_der(pair.to_pkcs8v1().unwrap().as_ref());
+    let jwk = serde_json::to_value(
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap(),
+    )
+    .unwrap();
+    let jwks = serde_json::json!({"keys": [{
+        "use": "sig", "kty": "EC", "crv": "P-256", "kid": "cluster-1", "alg": "ES256",
+        "x": jwk["x"], "y": jwk["y"],
+    }]});
+    let jwks_file = cluster.path().join("cluster-jwks.json");
+    std::fs::write(&jwks_file, jwks.to_string()).unwrap();
+    let sa_token = |namespace: &str, name: &str| {
+        let now = now();
+        let claims = serde_json::json!({
+            "aud": ["authproxy"], "iss": "https://kubernetes.default.svc",
+            "iat": now, "nbf": now, "exp": now + 3600,
+            "sub": format!("system:serviceaccount:{namespace}:{name}"),
+            "kubernetes.io": {
+                "namespace": namespace,
+                "serviceaccount": {"name": name, "uid": "9f8e7d6c-0000-4000-8000-000000000003"},
+                "pod": {"name": format!("{name}-5d8f7c9b4-x2x7k"), "uid": "1d2c3b4a-0000-4000-8000-000000000002"},
+            },
+        });
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = None;
+        header.kid = Some("cluster-1".into());
+        jsonwebtoken::encode(&header, &claims, &encoding).unwrap()
+    };
+
+    let platform = Platform::start_with(
+        "1h",
+        &format!(
+            "[kubernetes]\nissuer = \"https://kubernetes.default.svc\"\njwks_file = \"{}\"\n\
+             [[kubernetes.bindings]]\nservice_account = \"main:web\"\nworkload = \"app/web\"\nenvironment = \"main\"\n",
+            jwks_file.display()
+        ),
+    );
+    platform.synced(E2E_PROJECT);
+
+    // The projected token, as the kubelet writes it into the pod.
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("sa-token");
+    std::fs::write(&token_file, sa_token("main", "web")).unwrap();
+    let trust = format!(
+        "mode = \"remote\"\nissuers = [\"{}\"]\nbootstrap = \"file:{}\"\n",
+        platform.url,
+        token_file.display()
+    );
+    let cfg = write_config(
+        dir.path(),
+        &Options {
+            workload: "app/web",
+            trust_extra: &trust,
+            ..Options::default()
+        },
+    );
+    std::fs::remove_file(dir.path().join("project.yaml")).unwrap();
+    let sidecar = Daemon::start(&cfg, "text", "info");
+    let started = Instant::now();
+    while status_of(&format!("{}/readyz", sidecar.url)).await != 200 {
+        assert!(started.elapsed() < Duration::from_secs(10), "never ready");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let auth = authproxy_layer::Authorizer::builder()
+        .jwks_url(platform.jwks_url())
+        .audience(AUDIENCE)
+        .environment("main")
+        .build()
+        .await
+        .unwrap();
+    let (api, _stop) = serve(crate::environment_api::app(&auth, "main")).await;
+    let (status, body) = request_token(
+        &format!("{}/oauth2/token", sidecar.url),
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (st, _, queued) = call(
+        Method::POST,
+        &format!("{api}/tasks/send-report/runs"),
+        Some(body["access_token"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(st, 202, "{queued}");
+    assert_eq!(queued["triggered_by"], "app/web");
+    drop(sidecar);
+
+    // A service account bound to nothing: no grant, the sidecar refuses to
+    // start (the bootstrap was refused: a usage error naming the key).
+    std::fs::write(&token_file, sa_token("main", "intruder")).unwrap();
+    // (`timeout`: were it granted, it would serve until killed.)
+    let out = Command::new("timeout")
+        .args(["20", BIN, "serve", "--config", cfg.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(stderr(&out).contains("trust.bootstrap"), "{}", stderr(&out));
 }
