@@ -156,6 +156,21 @@ pub(crate) fn decode_verified<T: DeserializeOwned>(
         })
 }
 
+/// The Ed25519 key a self-signed JWS carries in its header (`jwk`), which
+/// its `kid` must name by RFC 7638 thumbprint. Trusted only once a grant
+/// binds it (`cnf.jkt`); `from_jwk` refuses every other key type.
+pub(crate) fn embedded_key(header: &Header) -> Result<PublicKey, InvalidToken> {
+    let key = header
+        .jwk
+        .as_ref()
+        .and_then(PublicKey::from_jwk)
+        .ok_or(InvalidToken::EmbeddedKey)?;
+    if header.kid.as_deref() != Some(key.thumbprint()) {
+        return Err(InvalidToken::EmbeddedKey);
+    }
+    Ok(key)
+}
+
 /// `iat`/`nbf`/`exp` against `now`, with `leeway` seconds of skew allowed.
 /// Saturating: an `exp` near `u64::MAX` cannot wrap into the past.
 pub(crate) fn check_time(

@@ -10,8 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::grant::Grant;
-use crate::jws::{InvalidToken, Part, check_header, decode_verified};
-use crate::keys::{KeyError, PublicKey, RootKeys, SigningKey};
+use crate::jws::{InvalidToken, Part, check_header, decode_verified, embedded_key};
+use crate::keys::{KeyError, RootKeys, SigningKey};
 use crate::workload::{Environment, WorkloadId};
 
 /// `typ` of a proof.
@@ -49,11 +49,7 @@ pub fn check(
     now: u64,
 ) -> Result<(), InvalidToken> {
     let header = check_header(proof, Part::Token, PROOF_TYP)?;
-    let key = header
-        .jwk
-        .as_ref()
-        .and_then(PublicKey::from_jwk)
-        .ok_or(InvalidToken::EmbeddedKey)?;
+    let key = embedded_key(&header)?;
     let claims: ProofClaims = decode_verified(proof, &key, Part::Token)?;
     let grant = Grant::verify(&claims.grant, roots, environment, 0, now)?;
     if grant.claims().cnf.jkt != key.thumbprint() {

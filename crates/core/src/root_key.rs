@@ -233,24 +233,30 @@ fn create_key_file(path: &Path) -> Result<(), RootKeyError> {
         path: path.to_owned(),
         source,
     })?;
-    let tmp = path.with_extension(format!("pem.{}.tmp", std::process::id()));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(pem.as_bytes()).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    let linked = fs::hard_link(&tmp, path);
+    create_private_file_once(path, pem.as_bytes()).map_err(io(path))
+}
+
+/// Creates `path` (mode 0600) holding `contents`, unless it exists: writes
+/// a private temporary file, syncs it, then hard-links it into place. The
+/// link fails if another process won the race, so processes starting
+/// together end up sharing one complete file, never a half-written one.
+/// `Ok` when the file already existed.
+pub fn create_private_file_once(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        fs::hard_link(&tmp, path)
+    })();
     let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(()),
+    match written {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(RootKeyError::Io {
-            path: path.to_owned(),
-            source: e,
-        }),
+        other => other,
     }
 }
 

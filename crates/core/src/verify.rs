@@ -23,8 +23,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::authorization::ScopeSet;
 use crate::grant::Grant;
-use crate::jws::{check_header, check_time, decode_verified};
-use crate::keys::PublicKey;
+use crate::jws::{check_header, check_time, decode_verified, embedded_key};
 use crate::token::{ACCESS_TOKEN_TYP, AccessTokenClaims, MAX_TOKEN_LIFETIME};
 use crate::workload::{Environment, WorkloadId};
 
@@ -132,14 +131,7 @@ impl Verifier {
 
         // 2. Token header.
         let header = check_header(token, Part::Token, ACCESS_TOKEN_TYP)?;
-        let key = header
-            .jwk
-            .as_ref()
-            .and_then(PublicKey::from_jwk)
-            .ok_or(InvalidToken::EmbeddedKey)?;
-        if header.kid.as_deref() != Some(key.thumbprint()) {
-            return Err(InvalidToken::EmbeddedKey);
-        }
+        let key = embedded_key(&header)?;
 
         // 3. Token signature with its own key (trusted only after step 5).
         let claims: AccessTokenClaims = decode_verified(token, &key, Part::Token)?;

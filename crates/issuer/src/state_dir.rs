@@ -2,11 +2,11 @@
 //! node id and the admin token, each created once, 0600.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use authproxy_core::keys::random_id;
+use authproxy_core::root_key::create_private_file_once;
 
 use crate::secret::{ADMIN_TOKEN_PREFIX, Secret};
 
@@ -103,26 +103,10 @@ fn load_or_create(
 /// fails if another process won the race, so two nodes starting on one
 /// state directory share one complete file, never a half-written one.
 fn create_once(path: &Path, contents: &str) -> Result<(), StateFileError> {
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-    let io = |p: &Path| {
-        let p = p.to_owned();
-        move |source| StateFileError::Io { path: p, source }
-    };
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(contents.as_bytes()).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    let linked = fs::hard_link(&tmp, path);
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io(path)(e)),
-    }
+    create_private_file_once(path, contents.as_bytes()).map_err(|source| StateFileError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
