@@ -79,7 +79,7 @@ pub fn app(auth: &Authorizer, environment: &str) -> Router {
 struct EnvironmentView<'a> {
     environment: &'a str,
     principal: String,
-    scopes: &'a authproxy_layer::ScopeSet,
+    scopes: &'a authproxy_layer::Scopes,
 }
 
 async fn show_environment(State(s): State<AppState>, p: Principal) -> Response {

@@ -367,10 +367,10 @@ impl Remote {
         if grant.claims().cnf.jkt != key.thumbprint() {
             return Err("it binds another key (cnf.jkt), not this sidecar's".into());
         }
-        if grant.workload() != &self.workload {
+        if grant.workload() != Some(&self.workload) {
             return Err(format!(
                 "it is for workload {}, not {}",
-                grant.workload(),
+                grant.subject(),
                 self.workload
             ));
         }

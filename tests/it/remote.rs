@@ -1001,7 +1001,7 @@ async fn a_grant_that_does_not_verify_is_refused_and_the_next_issuer_asked() {
     .await
     .unwrap();
     let grant = daemon.sidecar().grant();
-    assert_eq!(grant.workload().to_string(), "app/web");
+    assert_eq!(grant.subject().to_string(), "app/web");
     assert!(daemon.is_ready(now()));
 }
 

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use crate::jws::{InvalidToken, MAX_TOKEN_BYTES, Part, check_header, check_time, decode_verified};
 use crate::keys::{KeyError, PublicKey, RootKeys, SigningKey};
-use crate::workload::{Environment, WorkloadId};
+use crate::pat::PatName;
+use crate::workload::{Environment, Subject, WorkloadId};
 
 /// `typ` header value of a grant.
 pub const GRANT_TYP: &str = "grant+jwt";
@@ -36,7 +37,8 @@ pub struct Confirmation {
 pub struct GrantClaims {
     /// The root issuer id.
     pub iss: String,
-    /// The workload id.
+    /// The workload id, or `pat:<name>` for a grant made when a personal
+    /// access token was exchanged for an access token.
     pub sub: String,
     /// The environment.
     pub env: String,
@@ -52,6 +54,10 @@ pub struct GrantClaims {
     pub exp: u64,
     /// Unique id.
     pub jti: String,
+    /// For a `pat:<name>` grant only: the `jti` of the PAT it was exchanged
+    /// from, so that the PAT's revocation ends the tokens made from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pat: Option<String>,
 }
 
 /// A signed grant: its compact form and what it says.
@@ -59,7 +65,7 @@ pub struct GrantClaims {
 pub struct Grant {
     compact: String,
     claims: GrantClaims,
-    workload: WorkloadId,
+    subject: Subject,
     /// The `kid` of the root key that signed it.
     root_kid: String,
     /// The RFC 7638 thumbprint of that root key.
@@ -79,6 +85,36 @@ impl std::fmt::Debug for Grant {
             .field("jti", &self.claims.jti)
             .finish()
     }
+}
+
+/// What a grant for a token exchanged from a personal access token is
+/// issued for (the issuer's `POST /oauth2/token`).
+#[derive(Debug, Clone, Copy)]
+pub struct PatGrantRequest<'a> {
+    /// The root issuer id (`iss`).
+    pub issuer: &'a str,
+    /// The PAT's name (`sub` becomes `pat:<name>`).
+    pub pat: &'a PatName,
+    /// The PAT's version id (`jti`), carried as the grant's `pat` claim.
+    pub pat_id: &'a str,
+    /// The PAT's environment.
+    pub environment: &'a Environment,
+    /// The PAT's scopes expanded against the catalogue: never a wildcard.
+    pub ceiling: &'a ScopeSet,
+    /// The (one-use) key that signs the token.
+    pub token_key: &'a PublicKey,
+    /// Lifetime in seconds.
+    pub ttl_secs: u64,
+}
+
+/// The parts of a grant common to workloads and PATs.
+struct Unsigned<'a> {
+    issuer: &'a str,
+    environment: &'a Environment,
+    ceiling: &'a ScopeSet,
+    key: &'a PublicKey,
+    ttl_secs: u64,
+    pat: Option<&'a str>,
 }
 
 /// What a grant is issued for.
@@ -107,27 +143,68 @@ impl Grant {
         now: u64,
         jti: String,
     ) -> Result<Self, KeyError> {
+        let subject = Subject::Workload(req.workload.clone());
+        let unsigned = Unsigned {
+            issuer: req.issuer,
+            environment: req.environment,
+            ceiling: req.ceiling,
+            key: req.sidecar_key,
+            ttl_secs: req.ttl_secs,
+            pat: None,
+        };
+        Self::sign(root, subject, unsigned, now, jti)
+    }
+
+    /// Signs a grant for a token exchanged from a personal access token:
+    /// `sub` is `pat:<name>` and the `pat` claim names the PAT's version,
+    /// so revoking the PAT ends the token.
+    pub fn issue_for_pat(
+        root: &SigningKey,
+        req: PatGrantRequest<'_>,
+        now: u64,
+        jti: String,
+    ) -> Result<Self, KeyError> {
+        let subject = Subject::Pat(req.pat.clone());
+        let unsigned = Unsigned {
+            issuer: req.issuer,
+            environment: req.environment,
+            ceiling: req.ceiling,
+            key: req.token_key,
+            ttl_secs: req.ttl_secs,
+            pat: Some(req.pat_id),
+        };
+        Self::sign(root, subject, unsigned, now, jti)
+    }
+
+    fn sign(
+        root: &SigningKey,
+        subject: Subject,
+        u: Unsigned<'_>,
+        now: u64,
+        jti: String,
+    ) -> Result<Self, KeyError> {
         let claims = GrantClaims {
-            iss: req.issuer.to_owned(),
-            sub: req.workload.to_string(),
-            env: req.environment.to_string(),
-            scope: req.ceiling.to_string(),
+            iss: u.issuer.to_owned(),
+            sub: subject.to_string(),
+            env: u.environment.to_string(),
+            scope: u.ceiling.to_string(),
             cnf: Confirmation {
-                jkt: req.sidecar_key.thumbprint().to_owned(),
+                jkt: u.key.thumbprint().to_owned(),
             },
             iat: now,
             nbf: now,
-            exp: now.saturating_add(req.ttl_secs),
+            exp: now.saturating_add(u.ttl_secs),
             jti,
+            pat: u.pat.map(str::to_owned),
         };
         let compact = root.sign(GRANT_TYP, &claims, false)?;
         Ok(Self {
             compact,
             claims,
-            workload: req.workload.clone(),
+            subject,
             root_kid: root.public().thumbprint().to_owned(),
             root_thumbprint: root.public().thumbprint().to_owned(),
-            scope: Arc::new(req.ceiling.clone()),
+            scope: Arc::new(u.ceiling.clone()),
         })
     }
 
@@ -161,17 +238,22 @@ impl Grant {
         if claims.env != environment.as_str() {
             return Err(InvalidToken::WrongEnvironment);
         }
-        let workload: WorkloadId = claims
+        let subject: Subject = claims
             .sub
             .parse()
             .map_err(|_| InvalidToken::Malformed(Part::Grant))?;
+        // A `pat` claim exactly on `pat:` grants: a workload grant cannot
+        // pose as revocable-by-PAT, nor a PAT grant escape its PAT's feed.
+        if matches!(subject, Subject::Pat(_)) != claims.pat.is_some() {
+            return Err(InvalidToken::Malformed(Part::Grant));
+        }
         let scope =
             ScopeSet::parse(&claims.scope).map_err(|_| InvalidToken::BadScope(Part::Grant))?;
         check_time(claims.iat, claims.nbf, claims.exp, now, leeway, Part::Grant)?;
         Ok(Self {
             compact: compact.to_owned(),
             claims,
-            workload,
+            subject,
             root_kid: root_kid.clone(),
             root_thumbprint: root.thumbprint().to_owned(),
             scope: Arc::new(scope),
@@ -188,9 +270,19 @@ impl Grant {
         &self.claims
     }
 
-    /// The workload it is for (its `sub`, parsed).
-    pub fn workload(&self) -> &WorkloadId {
-        &self.workload
+    /// Who it is for (its `sub`, parsed).
+    pub fn subject(&self) -> &Subject {
+        &self.subject
+    }
+
+    /// The workload it is for; `None` for a grant exchanged from a PAT.
+    pub fn workload(&self) -> Option<&WorkloadId> {
+        self.subject.workload()
+    }
+
+    /// The `jti` of the PAT it was exchanged from, if it was.
+    pub fn pat_id(&self) -> Option<&str> {
+        self.claims.pat.as_deref()
     }
 
     /// The `kid` of the root key that signed it.
@@ -326,7 +418,7 @@ mod tests {
         let i = issue();
         let back =
             Grant::verify(i.grant.compact(), &roots_of(&i.root), &main_env(), 0, T0).unwrap();
-        assert_eq!(back.workload(), &"worker/web/queue".parse().unwrap());
+        assert_eq!(back.workload(), Some(&"worker/web/queue".parse().unwrap()));
         assert_eq!(back.root_kid(), i.root.public().thumbprint());
         assert_eq!(back.scope(), i.grant.scope());
         assert_eq!(back.claims(), i.grant.claims());
@@ -382,6 +474,29 @@ mod tests {
             Grant::verify(&forged, &roots_of(&i.root), &main_env(), 0, T0),
             Err(InvalidToken::BadSignature(Part::Grant))
         ));
+    }
+
+    #[test]
+    fn a_pat_claim_must_come_with_a_pat_subject_and_only_with_it() {
+        let i = issue();
+        let mut claims = i.grant.claims().clone();
+        claims.pat = Some("some-pat-id".into());
+        let workload_with_pat = i.root.sign(GRANT_TYP, &claims, false).unwrap();
+        claims.sub = "pat:ci".into();
+        claims.pat = None;
+        let pat_without_claim = i.root.sign(GRANT_TYP, &claims, false).unwrap();
+        for compact in [workload_with_pat, pat_without_claim] {
+            assert!(matches!(
+                Grant::verify(&compact, &roots_of(&i.root), &main_env(), 0, T0),
+                Err(InvalidToken::Malformed(Part::Grant))
+            ));
+        }
+        claims.pat = Some("some-pat-id".into());
+        let good = i.root.sign(GRANT_TYP, &claims, false).unwrap();
+        let g = Grant::verify(&good, &roots_of(&i.root), &main_env(), 0, T0).unwrap();
+        assert_eq!(g.subject().to_string(), "pat:ci");
+        assert_eq!(g.pat_id(), Some("some-pat-id"));
+        assert_eq!(g.workload(), None);
     }
 
     #[test]

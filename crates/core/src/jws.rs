@@ -17,6 +17,8 @@ pub enum Part {
     Token,
     /// The grant inside it.
     Grant,
+    /// A personal access token's signed body.
+    Pat,
 }
 
 impl std::fmt::Display for Part {
@@ -24,6 +26,7 @@ impl std::fmt::Display for Part {
         f.write_str(match self {
             Self::Token => "token",
             Self::Grant => "grant",
+            Self::Pat => "personal access token",
         })
     }
 }
@@ -98,6 +101,17 @@ pub enum InvalidToken {
     /// staleness: fail closed rather than trust keys that may be revoked.
     #[error("root keys are stale")]
     KeysStale,
+    /// A value with the `ap_pat_` prefix that is not a well-formed PAT.
+    #[error(transparent)]
+    PatFormat(#[from] crate::pat::PatFormatError),
+    /// The PAT, or the PAT or grant a token derives from, was revoked.
+    #[error("revoked")]
+    Revoked,
+    /// This verifier has no revocation feed, or its feed could not be read
+    /// for longer than allowed: personal access tokens, and tokens exchanged
+    /// from them, are refused (fail closed).
+    #[error("personal access tokens need a current revocation feed")]
+    RevocationsUnavailable,
 }
 
 impl InvalidToken {
@@ -106,6 +120,7 @@ impl InvalidToken {
     pub fn public_description(&self) -> &'static str {
         match self {
             Self::Expired(_) => "the access token expired",
+            Self::PatFormat(_) => "the personal access token is malformed (checksum or length)",
             _ => "the access token is invalid",
         }
     }

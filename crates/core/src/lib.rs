@@ -9,6 +9,9 @@
 //! - [`duration`] — durations as config files write them (feature `config`).
 //! - [`keys`] — Ed25519 keys, JWKs and JWK sets, RFC 7638 thumbprints, signing.
 //! - [`root_key`] — the embedded issuer's root key file under a state directory.
+//! - [`scopes`] — exact scopes plus wildcards, and the one place coverage
+//!   understands them.
+//! - [`pat`] — personal access tokens: value format, issue, verify.
 //! - [`grant`] — root-signed grants binding a sidecar key to a workload: issue and verify.
 //! - [`token`] — RFC 9068 access tokens minted under a grant.
 //! - [`verify`] — verification of a token and its grant; the [`verify::Principal`].
@@ -32,8 +35,10 @@ pub mod grant;
 mod jws;
 pub mod keys;
 pub mod oauth;
+pub mod pat;
 pub mod proof;
 pub mod root_key;
+pub mod scopes;
 pub mod shared;
 pub mod suggest;
 pub mod token;
@@ -41,4 +46,5 @@ pub mod verify;
 pub mod workload;
 
 pub use authorization::{Authorization, Name, ScopeSet};
-pub use workload::{Environment, WorkloadId};
+pub use scopes::{Scopes, Wildcard};
+pub use workload::{Environment, Subject, WorkloadId};

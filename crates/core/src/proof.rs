@@ -55,7 +55,7 @@ pub fn check(
     if grant.claims().cnf.jkt != key.thumbprint() {
         return Err(InvalidToken::KeyNotBound);
     }
-    if grant.workload() != workload {
+    if grant.workload() != Some(workload) {
         return Err(InvalidToken::ClaimMismatch("sub"));
     }
     if claims.nonce != nonce {

@@ -25,7 +25,8 @@ use crate::authorization::ScopeSet;
 use crate::grant::Grant;
 use crate::jws::{check_header, check_time, decode_verified, embedded_key};
 use crate::token::{ACCESS_TOKEN_TYP, AccessTokenClaims, MAX_TOKEN_LIFETIME};
-use crate::workload::{Environment, WorkloadId};
+use crate::scopes::Scopes;
+use crate::workload::{Environment, Subject};
 
 pub use crate::jws::{InvalidToken, MAX_TOKEN_BYTES, Part};
 pub use crate::keys::RootKeys;
@@ -37,27 +38,46 @@ pub struct Verified(Arc<VerifiedInner>);
 
 #[derive(Debug)]
 struct VerifiedInner {
-    sub: WorkloadId,
+    sub: Subject,
     env: Environment,
-    scopes: ScopeSet,
+    scopes: Scopes,
     jti: String,
     exp: u64,
+    iat: u64,
     /// The grant it was verified under: a cache hit re-checks its root.
     grant: Arc<Grant>,
 }
 
 impl Verified {
-    /// The workload the token speaks for (`app/web`, `task/send-report`, …).
-    pub fn sub(&self) -> &WorkloadId {
+    /// Who the token speaks for: a workload (`app/web`, …) or, for a token
+    /// exchanged from a personal access token, `pat:<name>`.
+    pub fn sub(&self) -> &Subject {
         &self.0.sub
     }
     /// The environment.
     pub fn env(&self) -> &Environment {
         &self.0.env
     }
-    /// The token's scopes.
-    pub fn scopes(&self) -> &ScopeSet {
+    /// The token's scopes (always exact: tokens carry no wildcard).
+    pub fn scopes(&self) -> &Scopes {
         &self.0.scopes
+    }
+    /// The id (`jti`) of the grant it was minted under: what the
+    /// revocation feed names when a workload's grants are revoked.
+    pub fn grant_id(&self) -> &str {
+        &self.0.grant.claims().jti
+    }
+    /// The `jti` of the personal access token it was exchanged from, if any.
+    pub fn pat_id(&self) -> Option<&str> {
+        self.0.grant.pat_id()
+    }
+    /// Issued at, unix seconds.
+    pub fn iat(&self) -> u64 {
+        self.0.iat
+    }
+    /// The issuer (`iss`).
+    pub fn iss(&self) -> &str {
+        &self.0.grant.claims().iss
     }
     /// The token id.
     pub fn jti(&self) -> &str {
@@ -180,9 +200,10 @@ impl Verifier {
         }
 
         let principal = Verified(Arc::new(VerifiedInner {
-            sub: grant.workload().clone(),
+            sub: grant.subject().clone(),
             env: self.environment.clone(),
-            scopes,
+            scopes: Scopes::from(scopes),
+            iat: claims.iat,
             jti: claims.jti,
             exp: claims.exp,
             grant: Arc::clone(&grant),
@@ -290,6 +311,7 @@ mod tests {
     use crate::grant::GrantRequest;
     use crate::keys::{SigningKey, random_id};
     use crate::token::{MintRequest, Minted, mint};
+    use crate::workload::WorkloadId;
 
     const T0: u64 = 1_700_000_000;
     const AUD: &str = "https://api.example.internal";
@@ -376,7 +398,7 @@ mod tests {
             .unwrap();
         assert_eq!(v.sub(), &"app/web".parse::<WorkloadId>().unwrap());
         assert_eq!(v.env(), &env("main"));
-        assert_eq!(v.scopes(), &scopes("env:view"));
+        assert_eq!(v.scopes().exact(), &scopes("env:view"));
         assert_eq!(v.jti(), minted.claims.jti);
         assert_eq!(v.exp(), T0 + 300);
     }

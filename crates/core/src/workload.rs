@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::authorization::{AuthorizationError, Name};
+use crate::pat::{PAT_SUBJECT_PREFIX, PatName};
 
 /// The identity of one container kind of a project (DESIGN §3).
 ///
@@ -47,6 +48,62 @@ impl FromStr for WorkloadId {
             ["task", n] => Ok(Self::Task(name(n)?)),
             _ => Err(bad()),
         }
+    }
+}
+
+/// Who a grant or a token speaks for: a workload, or — for a token
+/// exchanged from a personal access token — that PAT (`pat:<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A workload of the project.
+    Workload(WorkloadId),
+    /// A personal access token, by name.
+    Pat(PatName),
+}
+
+impl Subject {
+    /// The workload, when it is one.
+    pub fn workload(&self) -> Option<&WorkloadId> {
+        match self {
+            Self::Workload(w) => Some(w),
+            Self::Pat(_) => None,
+        }
+    }
+
+    /// The PAT name, when it is one.
+    pub fn pat(&self) -> Option<&PatName> {
+        match self {
+            Self::Pat(p) => Some(p),
+            Self::Workload(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Workload(w) => w.fmt(f),
+            Self::Pat(p) => write!(f, "{PAT_SUBJECT_PREFIX}{p}"),
+        }
+    }
+}
+
+impl FromStr for Subject {
+    type Err = InvalidWorkloadId;
+    /// `pat:<name>` or a workload id.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix(PAT_SUBJECT_PREFIX) {
+            Some(name) => PatName::parse(name)
+                .map(Self::Pat)
+                .map_err(|_| InvalidWorkloadId(s.to_owned())),
+            None => s.parse().map(Self::Workload),
+        }
+    }
+}
+
+impl PartialEq<WorkloadId> for Subject {
+    fn eq(&self, other: &WorkloadId) -> bool {
+        self.workload() == Some(other)
     }
 }
 

@@ -422,7 +422,7 @@ async fn an_identity_can_be_reused_and_both_its_errors_are_clear() {
         clock::now(),
     )
     .unwrap();
-    assert_eq!(grant.workload().to_string(), "app/site");
+    assert_eq!(grant.subject().to_string(), "app/site");
     assert_eq!(grant.scope().to_string(), "task:operate:notify");
     // The old workload is removed: no grant for it, even with its credential.
     let r = node

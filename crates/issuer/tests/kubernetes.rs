@@ -317,7 +317,7 @@ async fn a_bound_service_account_gets_a_grant_with_the_stored_ceiling() {
         clock::now(),
     )
     .unwrap();
-    assert_eq!(grant.workload().to_string(), "app/web");
+    assert_eq!(grant.subject().to_string(), "app/web");
     assert_eq!(grant.claims().iss, node.base);
     assert_eq!(grant.claims().env, "main");
     assert_eq!(grant.claims().cnf.jkt, key.public().thumbprint());
@@ -340,7 +340,7 @@ async fn a_bound_service_account_gets_a_grant_with_the_stored_ceiling() {
         clock::now(),
     )
     .unwrap();
-    assert_eq!(grant.workload().to_string(), "worker/web/queue");
+    assert_eq!(grant.subject().to_string(), "worker/web/queue");
     assert_eq!(
         grant.scope(),
         &ScopeSet::parse("task:operate:send-report env:view").unwrap()

@@ -308,7 +308,7 @@ impl Authorizer {
             }
             other => other,
         };
-        verified.map(Principal::new)
+        verified.map(Principal::token)
     }
 
     /// A layer requiring `requirement`: a scope string in which the resource

@@ -1,40 +1,126 @@
 //! [`Principal`]: who a verified request speaks for, as handlers see it.
 
+use authproxy_core::pat::VerifiedPat;
 use authproxy_core::verify::Verified;
-use authproxy_core::{Environment, ScopeSet, WorkloadId};
+use authproxy_core::{Authorization, Environment, Scopes, Subject, WorkloadId};
+use std::sync::Arc;
 
-/// Who a verified token speaks for. The layer puts it in the request's
+/// Who a verified bearer token speaks for: a workload's access token, or a
+/// personal access token (`ap_pat_…`). The layer puts it in the request's
 /// extensions; handlers take it as an extractor argument. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Principal(Verified);
+pub struct Principal(Kind);
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Token(Verified),
+    Pat(Arc<PatPrincipal>),
+}
+
+#[derive(Debug)]
+struct PatPrincipal {
+    pat: VerifiedPat,
+    subject: Subject,
+    env: Environment,
+}
 
 impl Principal {
-    pub(crate) fn new(verified: Verified) -> Self {
-        Self(verified)
+    pub(crate) fn token(verified: Verified) -> Self {
+        Self(Kind::Token(verified))
     }
 
-    /// The workload the token speaks for (`app/web`, `task/send-report`, …).
-    pub fn sub(&self) -> &WorkloadId {
-        self.0.sub()
+    pub(crate) fn pat(pat: VerifiedPat, env: Environment) -> Self {
+        let subject = Subject::Pat(pat.name.clone());
+        Self(Kind::Pat(Arc::new(PatPrincipal { pat, subject, env })))
     }
 
-    /// The environment the token is bound to.
+    /// Who it speaks for: a workload (`app/web`, `task/send-report`, …) or
+    /// `pat:<name>` for a personal access token and the tokens exchanged
+    /// from one.
+    pub fn sub(&self) -> &Subject {
+        match &self.0 {
+            Kind::Token(v) => v.sub(),
+            Kind::Pat(p) => &p.subject,
+        }
+    }
+
+    /// The workload, for a workload's access token.
+    pub fn workload(&self) -> Option<&WorkloadId> {
+        self.sub().workload()
+    }
+
+    /// True for a personal access token presented as it is (`ap_pat_…`).
+    /// A token exchanged from a PAT is an access token: false, but its
+    /// [`sub`](Self::sub) names the PAT.
+    pub fn is_pat(&self) -> bool {
+        matches!(self.0, Kind::Pat(_))
+    }
+
+    /// The environment it is bound to.
     pub fn env(&self) -> &Environment {
-        self.0.env()
+        match &self.0 {
+            Kind::Token(v) => v.env(),
+            Kind::Pat(p) => &p.env,
+        }
     }
 
-    /// The token's scopes.
-    pub fn scopes(&self) -> &ScopeSet {
-        self.0.scopes()
+    /// Its scopes: exact for access tokens; a PAT's may hold wildcards
+    /// (`task:operate:*`, `*`), which [`covers`](Self::covers) expands.
+    pub fn scopes(&self) -> &Scopes {
+        match &self.0 {
+            Kind::Token(v) => v.scopes(),
+            Kind::Pat(p) => &p.pat.scopes,
+        }
     }
 
-    /// The token id (`jti`), for logs and audit.
+    /// True when its scopes cover `required`, wildcards included.
+    pub fn covers(&self, required: &Authorization) -> bool {
+        self.scopes().covers(required)
+    }
+
+    /// The token id (`jti`; a PAT's version id), for logs and audit.
     pub fn jti(&self) -> &str {
-        self.0.jti()
+        match &self.0 {
+            Kind::Token(v) => v.jti(),
+            Kind::Pat(p) => &p.pat.claims.jti,
+        }
+    }
+
+    /// Issued at, unix seconds.
+    pub fn iat(&self) -> u64 {
+        match &self.0 {
+            Kind::Token(v) => v.iat(),
+            Kind::Pat(p) => p.pat.claims.iat,
+        }
     }
 
     /// Expiry, unix seconds.
     pub fn exp(&self) -> u64 {
-        self.0.exp()
+        match &self.0 {
+            Kind::Token(v) => v.exp(),
+            Kind::Pat(p) => p.pat.claims.exp,
+        }
+    }
+
+    /// The issuer (`iss`).
+    pub fn iss(&self) -> &str {
+        match &self.0 {
+            Kind::Token(v) => v.iss(),
+            Kind::Pat(p) => &p.pat.claims.iss,
+        }
+    }
+
+    /// The ids the revocation feed may name for it: its grant's and, for a
+    /// PAT or a token exchanged from one, the PAT version's.
+    pub(crate) fn revocation_ids(&self) -> (Option<&str>, Option<&str>) {
+        match &self.0 {
+            Kind::Token(v) => (Some(v.grant_id()), v.pat_id()),
+            Kind::Pat(p) => (None, Some(&p.pat.claims.jti)),
+        }
+    }
+
+    /// True when it is, or derives from, a personal access token.
+    pub(crate) fn is_pat_derived(&self) -> bool {
+        self.is_pat() || self.revocation_ids().1.is_some()
     }
 }

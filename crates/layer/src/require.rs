@@ -147,7 +147,7 @@ async fn authorize(
         tracing::debug!(scope = %shown, "no token can cover this resource");
         Rejection::InsufficientScope(shown)
     })?;
-    if !principal.scopes().covers(&needed) {
+    if !principal.covers(&needed) {
         tracing::debug!(sub = %principal.sub(), scope = %needed, "token lacks the scope");
         return Err(Rejection::InsufficientScope(needed.to_string()));
     }
