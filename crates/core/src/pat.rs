@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::jws::{InvalidToken, MAX_TOKEN_BYTES, Part, check_header, check_time, decode_verified};
 use crate::keys::{KeyError, RootKeys, SigningKey};
 use crate::scopes::Scopes;
-use crate::workload::Environment;
+use crate::workload::{Environment, Subject};
 
 /// Prefix of every PAT value.
 pub const PAT_PREFIX: &str = "ap_pat_";
@@ -187,14 +187,33 @@ fn checksum(s: &str) -> String {
 /// A PAT whose signature, time and environment were verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedPat {
-    /// Its name.
-    pub name: PatName,
+    /// `pat:<name>`.
+    pub subject: Subject,
+    /// The environment it is bound to.
+    pub env: Environment,
     /// Its scopes (wildcards included).
     pub scopes: Scopes,
     /// Its claims.
     pub claims: PatClaims,
     /// The `kid` of the root key that signed it.
     pub root_kid: String,
+    /// The RFC 7638 thumbprint of that root key.
+    pub root_thumbprint: String,
+}
+
+impl VerifiedPat {
+    /// Its name.
+    pub fn name(&self) -> Option<&PatName> {
+        self.subject.pat()
+    }
+
+    /// True while the root key that signed it is among `roots` (a cached
+    /// PAT is re-checked with this, so it dies with its root's removal).
+    pub fn is_signed_by_one_of(&self, roots: &RootKeys) -> bool {
+        roots
+            .get(&self.root_kid)
+            .is_some_and(|k| k.thumbprint() == self.root_thumbprint)
+    }
 }
 
 /// Verifies a PAT value at `now`: format and checksum first, then a body of
@@ -230,10 +249,12 @@ pub fn verify(
         .ok_or(InvalidToken::Malformed(Part::Pat))?;
     let scopes = Scopes::parse(&claims.scope).map_err(|_| InvalidToken::BadScope(Part::Pat))?;
     Ok(VerifiedPat {
-        name,
+        subject: Subject::Pat(name),
+        env: environment.clone(),
         scopes,
         claims,
         root_kid: root_kid.clone(),
+        root_thumbprint: root.thumbprint().to_owned(),
     })
 }
 
@@ -286,7 +307,7 @@ mod tests {
         let (root, value) = issued(3600);
         assert!(value.starts_with("ap_pat_"));
         let v = verify(&value, &roots(&root), &env("main"), 0, T0 + 10).unwrap();
-        assert_eq!(v.name.as_str(), "ci.deploy-1");
+        assert_eq!(v.name().unwrap().as_str(), "ci.deploy-1");
         assert_eq!(v.scopes.to_string(), "env:view task:operate:*");
         assert_eq!(v.claims.sub, "pat:ci.deploy-1");
     }

@@ -24,8 +24,9 @@ use std::sync::{Arc, RwLock};
 use crate::authorization::ScopeSet;
 use crate::grant::Grant;
 use crate::jws::{check_header, check_time, decode_verified, embedded_key};
-use crate::token::{ACCESS_TOKEN_TYP, AccessTokenClaims, MAX_TOKEN_LIFETIME};
+use crate::pat::VerifiedPat;
 use crate::scopes::Scopes;
+use crate::token::{ACCESS_TOKEN_TYP, AccessTokenClaims, MAX_TOKEN_LIFETIME};
 use crate::workload::{Environment, Subject};
 
 pub use crate::jws::{InvalidToken, MAX_TOKEN_BYTES, Part};
@@ -96,6 +97,7 @@ pub struct Verifier {
     leeway: u64,
     grants: BoundedCache<Arc<Grant>>,
     tokens: BoundedCache<Verified>,
+    pats: BoundedCache<Arc<VerifiedPat>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -124,6 +126,7 @@ impl Verifier {
             leeway,
             grants: BoundedCache::new(cache_capacity),
             tokens: BoundedCache::new(cache_capacity),
+            pats: BoundedCache::new(cache_capacity),
         }
     }
 
@@ -215,6 +218,42 @@ impl Verifier {
             now,
         );
         Ok(principal)
+    }
+
+    /// Verifies a personal access token value at `now` against `roots`
+    /// ([`crate::pat::verify`]: checksum, root signature, time, lifetime,
+    /// environment), cached like tokens: a hit re-checks the root. Whether
+    /// it was revoked is the caller's question (the revocation feed).
+    pub fn verify_pat(
+        &self,
+        value: &str,
+        roots: &RootKeys,
+        now: u64,
+    ) -> Result<Arc<VerifiedPat>, InvalidToken> {
+        if value.len() > MAX_TOKEN_BYTES {
+            return Err(InvalidToken::TooLarge);
+        }
+        let key = cache_key(value);
+        if let Some(p) = self.pats.get(&key, now) {
+            if !p.is_signed_by_one_of(roots) {
+                return Err(InvalidToken::UnknownRootKey);
+            }
+            return Ok(p);
+        }
+        let p = Arc::new(crate::pat::verify(
+            value,
+            roots,
+            &self.environment,
+            self.leeway,
+            now,
+        )?);
+        self.pats.insert(
+            key,
+            p.claims.exp.saturating_add(self.leeway),
+            Arc::clone(&p),
+            now,
+        );
+        Ok(p)
     }
 
     fn verify_grant(

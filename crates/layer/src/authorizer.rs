@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
+
+use authproxy_core::pat;
 use std::time::Duration;
 
 use authproxy_core::authorization::AuthorizationError;
@@ -16,6 +18,7 @@ use authproxy_core::workload::Environment;
 use crate::metrics::LayerMetrics;
 use crate::require::RequireScopeLayer;
 use crate::requirement::{Requirement, RequirementError};
+use crate::revocations::{FeedOptions, Revocations, poll_loop};
 use crate::trust::{JwksError, KeySource, KeyStore, StoreOptions};
 
 /// Default clock-skew tolerance.
@@ -28,6 +31,10 @@ pub(crate) const DEFAULT_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10
 pub(crate) const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
 /// Default time the build keeps trying to load a JWKS file or URL.
 pub(crate) const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default period between two reads of the revocation feed.
+pub(crate) const DEFAULT_REVOCATION_POLL: Duration = Duration::from_secs(1);
+/// Default age past which an unreadable feed makes PATs refused.
+pub(crate) const DEFAULT_REVOCATIONS_MAX_STALE: Duration = Duration::from_secs(30);
 /// Default bound of each verification cache.
 pub(crate) const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 
@@ -47,6 +54,12 @@ pub enum BuildError {
     /// The pinned root thumbprints are empty or malformed.
     #[error("authorizer: pinned_roots: {0}")]
     PinnedRoots(String),
+    /// The issuer or revocation feed URL is not an http(s) URL.
+    #[error("authorizer: `{0}` is not an http(s) URL")]
+    Url(String),
+    /// The HTTP client for the revocation feed could not be made.
+    #[error("authorizer: revocation feed client: {0}")]
+    FeedClient(String),
 }
 
 /// Verifies tokens for one upstream API; hands out per-route layers with
@@ -61,6 +74,7 @@ struct Inner {
     keys: KeyStore,
     max_stale: Duration,
     metrics: Option<LayerMetrics>,
+    revocations: Option<Arc<Revocations>>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -85,9 +99,53 @@ pub struct AuthorizerBuilder {
     metrics: Option<LayerMetrics>,
     pinned_roots: Option<Vec<String>>,
     initial_fetch_timeout: Duration,
+    feed: Option<(String, Option<String>)>,
+    revocation_poll: Duration,
+    revocations_max_stale: Duration,
 }
 
 impl AuthorizerBuilder {
+    /// Trust the issuer at `url` (e.g. `http://issuer:8400`): its root keys
+    /// (`<url>/.well-known/jwks.json`, as [`jwks_url`](Self::jwks_url)) and
+    /// its revocation feed (`<url>/v1/revocations`, as
+    /// [`revocation_feed`](Self::revocation_feed)), and report the personal
+    /// access tokens seen to `<url>/v1/pats/used` at most once a minute (the
+    /// issuer's "last used").
+    pub fn issuer(mut self, url: impl Into<String>) -> Self {
+        let url: String = url.into();
+        let base = url.trim_end_matches('/');
+        self.source = Some(KeySource::Url(format!("{base}/.well-known/jwks.json")));
+        self.feed = Some((
+            format!("{base}/v1/revocations"),
+            Some(format!("{base}/v1/pats/used")),
+        ));
+        self
+    }
+
+    /// Read revoked PATs and grants from this feed (the issuer's
+    /// `/v1/revocations`), every [`revocation_poll_interval`](Self::revocation_poll_interval).
+    /// Without a feed, personal access tokens and tokens exchanged from
+    /// them are refused: nothing could revoke them before they expire.
+    pub fn revocation_feed(mut self, url: impl Into<String>) -> Self {
+        self.feed = Some((url.into(), None));
+        self
+    }
+
+    /// Period of revocation feed reads (default 1 s): a revoked PAT or
+    /// grant is refused within about this long.
+    pub fn revocation_poll_interval(mut self, every: Duration) -> Self {
+        self.revocation_poll = every;
+        self
+    }
+
+    /// How long the revocation feed may be unreadable before PATs (and
+    /// tokens exchanged from them) are refused (default 30 s). Workload
+    /// tokens keep working whatever the feed does.
+    pub fn revocations_max_stale(mut self, age: Duration) -> Self {
+        self.revocations_max_stale = age;
+        self
+    }
+
     /// Records `authproxy_layer_requests_total{result}` (`ok`, `missing`,
     /// `invalid_request`, `invalid_token`, `insufficient_scope`) and
     /// `authproxy_layer_verification_duration_seconds` in the upstream's
@@ -222,7 +280,34 @@ impl AuthorizerBuilder {
             pinned,
             initial_fetch_timeout: self.initial_fetch_timeout,
         };
+        let revocations = match self.feed {
+            Some((url, usage_url)) => {
+                for u in std::iter::once(&url).chain(usage_url.as_ref()) {
+                    if !(u.starts_with("http://") || u.starts_with("https://")) {
+                        return Err(BuildError::Url(u.clone()));
+                    }
+                }
+                let feed = Revocations::new(FeedOptions {
+                    url,
+                    usage_url,
+                    poll_interval: self.revocation_poll,
+                    max_stale: self.revocations_max_stale,
+                })
+                .map_err(|e| BuildError::FeedClient(e.to_string()))?;
+                Some(Arc::new(feed))
+            }
+            None => None,
+        };
         let keys = KeyStore::open(source, options).await?;
+        if let Some(feed) = &revocations {
+            // One read now, so PATs work from the start when the issuer is
+            // up; if it is not, PATs wait for the poll loop (fail closed)
+            // while workload tokens are served at once.
+            if let Err(e) = feed.poll(authproxy_core::clock::now()).await {
+                tracing::warn!(error = %e, "revocation feed unreadable at start; personal access tokens are refused until it is read");
+            }
+            tokio::spawn(poll_loop(Arc::downgrade(feed), self.revocation_poll));
+        }
         let refreshable = keys.is_refreshable();
         let inner = Arc::new(Inner {
             verifier: Verifier::new(
@@ -234,6 +319,7 @@ impl AuthorizerBuilder {
             keys,
             max_stale: self.max_stale,
             metrics: self.metrics,
+            revocations,
         });
         if refreshable && !self.refresh_interval.is_zero() {
             tokio::spawn(refresh_loop(Arc::downgrade(&inner), self.refresh_interval));
@@ -287,11 +373,16 @@ impl Authorizer {
             metrics: None,
             pinned_roots: None,
             initial_fetch_timeout: DEFAULT_INITIAL_FETCH_TIMEOUT,
+            feed: None,
+            revocation_poll: DEFAULT_REVOCATION_POLL,
+            revocations_max_stale: DEFAULT_REVOCATIONS_MAX_STALE,
         }
     }
 
-    /// Verifies a token at time `now` (unix seconds). On an unknown root
-    /// `kid`, refetches the keys (rate-limited) and tries once more.
+    /// Verifies a bearer token at time `now` (unix seconds): a workload's
+    /// access token, or a personal access token (`ap_pat_…`). On an unknown
+    /// root `kid`, refetches the keys (rate-limited) and tries once more.
+    /// Then asks the revocation feed, if there is one.
     pub async fn verify(&self, token: &str, now: u64) -> Result<Principal, InvalidToken> {
         let store = &self.inner.keys;
         if store.is_stale(now, self.inner.max_stale) {
@@ -301,14 +392,62 @@ impl Authorizer {
                 return Err(InvalidToken::KeysStale);
             }
         }
-        let keys = store.current();
-        let verified = match self.inner.verifier.verify(token, &keys, now) {
-            Err(InvalidToken::UnknownRootKey) if store.refetch_for_unknown_kid(&keys).await => {
-                self.inner.verifier.verify(token, &store.current(), now)
-            }
-            other => other,
+        let verifier = &self.inner.verifier;
+        let principal = if pat::is_pat(token) {
+            // Checked before any crypto: no feed, no PAT.
+            self.current_feed(now)?;
+            let keys = store.current();
+            let verified = match verifier.verify_pat(token, &keys, now) {
+                Err(InvalidToken::UnknownRootKey) if store.refetch_for_unknown_kid(&keys).await => {
+                    verifier.verify_pat(token, &store.current(), now)
+                }
+                other => other,
+            }?;
+            Principal::pat(verified)
+        } else {
+            let keys = store.current();
+            let verified = match verifier.verify(token, &keys, now) {
+                Err(InvalidToken::UnknownRootKey) if store.refetch_for_unknown_kid(&keys).await => {
+                    verifier.verify(token, &store.current(), now)
+                }
+                other => other,
+            }?;
+            Principal::token(verified)
         };
-        verified.map(Principal::token)
+        self.check_revocations(&principal, now)?;
+        Ok(principal)
+    }
+
+    /// The feed, when it is there and current.
+    fn current_feed(&self, now: u64) -> Result<&Revocations, InvalidToken> {
+        match &self.inner.revocations {
+            Some(feed) if feed.is_current(now) => Ok(feed),
+            _ => Err(InvalidToken::RevocationsUnavailable),
+        }
+    }
+
+    /// Refuses what the feed revoked. PATs and the tokens exchanged from
+    /// them need a current feed; workload tokens are checked against what
+    /// the feed last said, however old.
+    fn check_revocations(&self, principal: &Principal, now: u64) -> Result<(), InvalidToken> {
+        let (grant_id, pat_id) = principal.revocation_ids();
+        let feed = if principal.is_pat_derived() {
+            Some(self.current_feed(now)?)
+        } else {
+            self.inner.revocations.as_deref()
+        };
+        let Some(feed) = feed else { return Ok(()) };
+        if grant_id.is_some_and(|id| feed.is_revoked(id))
+            || pat_id.is_some_and(|id| feed.is_revoked(id))
+        {
+            return Err(InvalidToken::Revoked);
+        }
+        if principal.is_pat() {
+            if let Some(id) = pat_id {
+                feed.note_used(id);
+            }
+        }
+        Ok(())
     }
 
     /// A layer requiring `requirement`: a scope string in which the resource

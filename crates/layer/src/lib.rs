@@ -21,6 +21,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Personal access tokens (`Authorization: Bearer ap_pat_…`) are accepted
+//! where the authorizer knows the issuer's revocation feed
+//! ([`AuthorizerBuilder::issuer`] or [`AuthorizerBuilder::revocation_feed`]):
+//! verified with the root keys alone (no call to the issuer per request),
+//! refused within the poll interval (1 s) of their revocation, and refused
+//! altogether while the feed is stale (fail closed).
+//!
 //! The layer always answers: a refused request gets an RFC 6750 response
 //! (`401 invalid_token` or `403 insufficient_scope`, with
 //! `WWW-Authenticate` and a JSON body), never an error from the service.
@@ -34,6 +41,7 @@
 //! - `require` — [`RequireScopeLayer`] / [`RequireScope`], the tower pair.
 //! - `principal` — [`Principal`], who a verified request speaks for.
 //! - `rejection` — RFC 6750 refusals and the [`Principal`] extractor.
+//! - `revocations` — the issuer's revocation feed, polled (PATs, grants).
 //! - `metrics` — optional Prometheus metrics (feature `prometheus`).
 
 mod authorizer;
@@ -42,13 +50,16 @@ mod principal;
 mod rejection;
 mod require;
 mod requirement;
+mod revocations;
 mod trust;
 
 pub use authorizer::{Authorizer, AuthorizerBuilder, BuildError};
 pub use authproxy_core::keys::Jwks;
-pub use authproxy_core::verify::{InvalidToken, Part};
 pub use authproxy_core::pat::PatName;
-pub use authproxy_core::{Authorization, Environment, ScopeSet, Scopes, Subject, Wildcard, WorkloadId};
+pub use authproxy_core::verify::{InvalidToken, Part};
+pub use authproxy_core::{
+    Authorization, Environment, ScopeSet, Scopes, Subject, Wildcard, WorkloadId,
+};
 pub use principal::Principal;
 pub use rejection::{NoPrincipal, Rejection};
 pub use require::{RequireScope, RequireScopeLayer};

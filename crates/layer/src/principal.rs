@@ -14,14 +14,7 @@ pub struct Principal(Kind);
 #[derive(Debug, Clone)]
 enum Kind {
     Token(Verified),
-    Pat(Arc<PatPrincipal>),
-}
-
-#[derive(Debug)]
-struct PatPrincipal {
-    pat: VerifiedPat,
-    subject: Subject,
-    env: Environment,
+    Pat(Arc<VerifiedPat>),
 }
 
 impl Principal {
@@ -29,9 +22,8 @@ impl Principal {
         Self(Kind::Token(verified))
     }
 
-    pub(crate) fn pat(pat: VerifiedPat, env: Environment) -> Self {
-        let subject = Subject::Pat(pat.name.clone());
-        Self(Kind::Pat(Arc::new(PatPrincipal { pat, subject, env })))
+    pub(crate) fn pat(pat: Arc<VerifiedPat>) -> Self {
+        Self(Kind::Pat(pat))
     }
 
     /// Who it speaks for: a workload (`app/web`, `task/send-report`, …) or
@@ -69,7 +61,7 @@ impl Principal {
     pub fn scopes(&self) -> &Scopes {
         match &self.0 {
             Kind::Token(v) => v.scopes(),
-            Kind::Pat(p) => &p.pat.scopes,
+            Kind::Pat(p) => &p.scopes,
         }
     }
 
@@ -82,7 +74,7 @@ impl Principal {
     pub fn jti(&self) -> &str {
         match &self.0 {
             Kind::Token(v) => v.jti(),
-            Kind::Pat(p) => &p.pat.claims.jti,
+            Kind::Pat(p) => &p.claims.jti,
         }
     }
 
@@ -90,7 +82,7 @@ impl Principal {
     pub fn iat(&self) -> u64 {
         match &self.0 {
             Kind::Token(v) => v.iat(),
-            Kind::Pat(p) => p.pat.claims.iat,
+            Kind::Pat(p) => p.claims.iat,
         }
     }
 
@@ -98,7 +90,7 @@ impl Principal {
     pub fn exp(&self) -> u64 {
         match &self.0 {
             Kind::Token(v) => v.exp(),
-            Kind::Pat(p) => p.pat.claims.exp,
+            Kind::Pat(p) => p.claims.exp,
         }
     }
 
@@ -106,7 +98,7 @@ impl Principal {
     pub fn iss(&self) -> &str {
         match &self.0 {
             Kind::Token(v) => v.iss(),
-            Kind::Pat(p) => &p.pat.claims.iss,
+            Kind::Pat(p) => &p.claims.iss,
         }
     }
 
@@ -115,7 +107,7 @@ impl Principal {
     pub(crate) fn revocation_ids(&self) -> (Option<&str>, Option<&str>) {
         match &self.0 {
             Kind::Token(v) => (Some(v.grant_id()), v.pat_id()),
-            Kind::Pat(p) => (None, Some(&p.pat.claims.jti)),
+            Kind::Pat(p) => (None, Some(&p.claims.jti)),
         }
     }
 
