@@ -11,6 +11,11 @@
 //! `--pinned-root` (repeatable, optional) trusts only the roots with these
 //! RFC 7638 thumbprints, whatever the JWKS says.
 //!
+//! Behind a platform issuer, `--issuer http://127.0.0.1:8400` takes the root
+//! keys from the issuer's JWKS and polls its revocation feed, so personal
+//! access tokens (`Authorization: Bearer ap_pat_…`) are accepted too and
+//! refused within a second of their revocation.
+//!
 //! Routes: `GET /healthz` (open); `GET /environment` (`env:view`);
 //! `POST|GET /tasks/{name}/runs`, `GET|DELETE /tasks/{name}/runs/{id}`
 //! (`task:operate:{name}`). Runs live in memory.
@@ -163,11 +168,15 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8300")]
     listen: std::net::SocketAddr,
+    /// The platform issuer's URL: its JWKS and its revocation feed
+    /// (personal access tokens are accepted only with a feed).
+    #[arg(long, conflicts_with_all = ["jwks_url", "jwks_file"])]
+    issuer: Option<String>,
     /// JWKS URL of the trusted root keys (e.g. the sidecar's).
     #[arg(
         long,
         conflicts_with = "jwks_file",
-        required_unless_present = "jwks_file"
+        required_unless_present_any = ["jwks_file", "issuer"]
     )]
     jwks_url: Option<String>,
     /// JWKS file of the trusted root keys.
@@ -203,10 +212,11 @@ async fn main() -> anyhow::Result<()> {
     if !args.pinned_roots.is_empty() {
         builder = builder.pinned_roots(args.pinned_roots);
     }
-    let builder = match (args.jwks_url, args.jwks_file) {
-        (Some(url), _) => builder.jwks_url(url),
-        (None, Some(file)) => builder.jwks_file(file),
-        (None, None) => anyhow::bail!("--jwks-url or --jwks-file is required"),
+    let builder = match (args.issuer, args.jwks_url, args.jwks_file) {
+        (Some(issuer), _, _) => builder.issuer(issuer),
+        (None, Some(url), _) => builder.jwks_url(url),
+        (None, None, Some(file)) => builder.jwks_file(file),
+        (None, None, None) => anyhow::bail!("--issuer, --jwks-url or --jwks-file is required"),
     };
     let auth = builder.build().await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

@@ -4,23 +4,28 @@
 //!   (two signature checks, header and claim checks);
 //! - `new_token_cached_grant`: a new token from a sidecar whose grant was
 //!   seen before (what `tokens.reuse = false` costs);
-//! - `reused_token_cached`: the same token again (what reuse costs).
+//! - `reused_token_cached`: the same token again (what reuse costs);
+//! - `pat_uncached` / `pat_cached`: a personal access token (checksum, one
+//!   root signature, claims), first seen and seen again — to compare with
+//!   `full_chain_uncached` and `reused_token_cached` in the same run.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)] // bench code
 
 use std::collections::HashMap;
 
-use authproxy_core::ScopeSet;
 use authproxy_core::grant::{Grant, GrantRequest};
 use authproxy_core::keys::{SigningKey, random_id};
+use authproxy_core::pat::{self, PatName, PatRequest};
 use authproxy_core::token::{MintRequest, mint};
 use authproxy_core::verify::{RootKeys, Verifier};
 use authproxy_core::{Environment, WorkloadId, clock};
+use authproxy_core::{ScopeSet, Scopes};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, Validation};
 
 const AUD: &str = "https://api.example.internal";
 
 struct Setup {
+    root: SigningKey,
     sidecar: SigningKey,
     grant: Grant,
     roots: RootKeys,
@@ -50,6 +55,7 @@ fn setup(now: u64) -> Setup {
     let mut roots: RootKeys = HashMap::new();
     roots.insert(root.public().thumbprint().to_owned(), root.public().clone());
     Setup {
+        root,
         sidecar,
         grant,
         roots,
@@ -115,6 +121,27 @@ fn bench(c: &mut Criterion) {
     cached.verify(&token, &s.roots, now).unwrap();
     g.bench_function("reused_token_cached", |b| {
         b.iter(|| cached.verify(&token, &s.roots, now).unwrap())
+    });
+
+    let (pat_value, _) = pat::issue(
+        &s.root,
+        PatRequest {
+            issuer: "urn:authproxy:bench",
+            name: &PatName::parse("ci.deploy").unwrap(),
+            environment: &Environment::parse("main").unwrap(),
+            scopes: &Scopes::parse("task:operate:* env:view").unwrap(),
+            ttl_secs: 86400,
+        },
+        now,
+        random_id(),
+    )
+    .unwrap();
+    g.bench_function("pat_uncached", |b| {
+        b.iter(|| uncached.verify_pat(&pat_value, &s.roots, now).unwrap())
+    });
+    cached.verify_pat(&pat_value, &s.roots, now).unwrap();
+    g.bench_function("pat_cached", |b| {
+        b.iter(|| cached.verify_pat(&pat_value, &s.roots, now).unwrap())
     });
     g.finish();
 }

@@ -442,10 +442,8 @@ impl Authorizer {
         {
             return Err(InvalidToken::Revoked);
         }
-        if principal.is_pat() {
-            if let Some(id) = pat_id {
-                feed.note_used(id);
-            }
+        if let Some(id) = pat_id.filter(|_| principal.is_pat()) {
+            feed.note_used(id);
         }
         Ok(())
     }
