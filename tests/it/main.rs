@@ -26,5 +26,6 @@ mod operations;
 mod proxy;
 mod reload;
 mod remote;
+mod revocation;
 mod sidecar;
 mod used_by;

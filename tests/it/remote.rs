@@ -44,15 +44,15 @@ fn stderr(o: &Output) -> String {
 /// The platform side: a real issuer process with its state directory and
 /// store, on a fixed loopback port so that it can be restarted where the
 /// sidecars look for it.
-struct Platform {
+pub(crate) struct Platform {
     dir: tempfile::TempDir,
     config: PathBuf,
-    url: String,
+    pub(crate) url: String,
     issuer: Option<Daemon>,
 }
 
 impl Platform {
-    fn start(grant_ttl: &str) -> Self {
+    pub(crate) fn start(grant_ttl: &str) -> Self {
         Self::start_with(grant_ttl, "")
     }
 
@@ -80,7 +80,7 @@ impl Platform {
         }
     }
 
-    fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
 
@@ -122,7 +122,7 @@ impl Platform {
     }
 
     /// Syncs `declarations`, writing the credentials to [`Self::credentials_dir`].
-    fn synced(&self, declarations: &str) {
+    pub(crate) fn synced(&self, declarations: &str) {
         let dir = self.credentials_dir();
         let out = self.sync(declarations, &["--credentials-dir", dir.to_str().unwrap()]);
         assert!(out.status.success(), "{out:?}");
@@ -151,7 +151,12 @@ fn remote_trust(platform: &Platform, credential_of: &str) -> String {
 
 /// A remote sidecar's config for `workload` in `dir`, with no declarations
 /// file on disk: remote mode must not need one.
-fn remote_config(dir: &Path, platform: &Platform, workload: &str, credential_of: &str) -> PathBuf {
+pub(crate) fn remote_config(
+    dir: &Path,
+    platform: &Platform,
+    workload: &str,
+    credential_of: &str,
+) -> PathBuf {
     let trust = remote_trust(platform, credential_of);
     let cfg = write_config(
         dir,
@@ -165,7 +170,7 @@ fn remote_config(dir: &Path, platform: &Platform, workload: &str, credential_of:
     cfg
 }
 
-async fn status_of(url: &str) -> u16 {
+pub(crate) async fn status_of(url: &str) -> u16 {
     client().get(url).send().await.unwrap().status().as_u16()
 }
 
