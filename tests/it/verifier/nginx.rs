@@ -62,7 +62,12 @@ fn start_nginx(dir: &Path, verifier: &str, upstream: &str) -> (Process, String) 
         .replace("listen 127.0.0.1:8080;", &format!("listen {listen};"));
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
-    let mut child = Command::new("nginx")
+    // Debian installs it in /usr/sbin, which a non-root PATH may lack.
+    let program = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("nginx");
+    let mut child = Command::new(program)
         .arg("-p")
         .arg(dir)
         .arg("-c")
