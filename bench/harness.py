@@ -15,8 +15,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
-# CARGO_TARGET_DIR when set (a shared target directory), as cargo itself does.
-REL = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
+REL = os.path.join(ROOT, "target", "release")
 AUTHPROXY = os.path.join(REL, "authproxy")
 UPSTREAM = os.path.join(REL, "examples", "environment_api")
 MINT = os.path.join(REL, "examples", "mint_tokens")

@@ -14,6 +14,7 @@ compile shares the cores):
 """
 import argparse
 import datetime
+import json
 import os
 import statistics
 import subprocess
@@ -29,6 +30,13 @@ p.add_argument("--out", default=os.path.join(h.BENCH, "VERIFIER.md"))
 args = p.parse_args()
 S, R, C = args.seconds, args.rounds, args.connections
 
+# The release binaries where cargo put them (its target directory may be
+# set by CARGO_TARGET_DIR, a config file or a wrapper).
+meta = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"],
+                      cwd=h.ROOT, check=True, capture_output=True, text=True).stdout
+h.REL = os.path.join(json.loads(meta)["target_directory"], "release")
+h.AUTHPROXY = os.path.join(h.REL, "authproxy")
+h.UPSTREAM = os.path.join(h.REL, "examples", "environment_api")
 for binary in (h.AUTHPROXY, h.UPSTREAM):
     if not os.path.exists(binary):
         raise SystemExit(f"{binary} is missing: cargo build --release -p authproxy --examples --bins")
