@@ -28,3 +28,4 @@ mod reload;
 mod remote;
 mod sidecar;
 mod used_by;
+mod verifier;

@@ -42,6 +42,7 @@ struct VerifiedInner {
     scopes: ScopeSet,
     jti: String,
     exp: u64,
+    iat: u64,
     /// The grant it was verified under: a cache hit re-checks its root.
     grant: Arc<Grant>,
 }
@@ -66,6 +67,14 @@ impl Verified {
     /// Expiry, unix seconds.
     pub fn exp(&self) -> u64 {
         self.0.exp
+    }
+    /// Issue time, unix seconds.
+    pub fn iat(&self) -> u64 {
+        self.0.iat
+    }
+    /// The issuer (`iss`), the same in the token and its grant.
+    pub fn iss(&self) -> &str {
+        &self.0.grant.claims().iss
     }
 }
 
@@ -185,6 +194,7 @@ impl Verifier {
             scopes,
             jti: claims.jti,
             exp: claims.exp,
+            iat: claims.iat,
             grant: Arc::clone(&grant),
         }));
         self.tokens.insert(

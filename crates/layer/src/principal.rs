@@ -37,4 +37,14 @@ impl Principal {
     pub fn exp(&self) -> u64 {
         self.0.exp()
     }
+
+    /// Issue time, unix seconds (for RFC 7662 introspection).
+    pub fn iat(&self) -> u64 {
+        self.0.iat()
+    }
+
+    /// Who issued the credential (`iss`; for RFC 7662 introspection).
+    pub fn iss(&self) -> &str {
+        self.0.iss()
+    }
 }
