@@ -22,10 +22,15 @@
 //!   attached, paths kept under the upstream's base, stalled bodies cut.
 //! - [`sink`] — the token file, replaced atomically.
 //! - [`client`] — a client of the sidecar (`authproxy token`, `authproxy health`).
+//! - [`verifier`] — `authproxy verifier serve`: the layer as a forward-auth
+//!   and RFC 7662 introspection service, for upstreams that are not Rust.
 //! - [`telemetry`] — metrics, request ids, log setup, error chains.
 //!
 //! Dependencies point down this list's order of use: `cli` → `daemon` →
 //! `server` / `grant_source` / `sink` / `proxy` → `sidecar` → the core crate.
+//! `verifier` stands beside the sidecar: `cli` → `verifier` → the layer
+//! crate, borrowing only `serve`, the proxy's path normaliser and the
+//! sidecar's local-caller rule.
 
 pub mod cli;
 pub mod client;
@@ -38,6 +43,7 @@ pub mod server;
 pub mod sidecar;
 pub mod sink;
 pub mod telemetry;
+pub mod verifier;
 
 /// Entry points for the fuzz targets in `fuzz/` (built with `--cfg fuzzing`).
 #[cfg(fuzzing)]

@@ -17,6 +17,8 @@ const DEFAULT_CONFIG: &str = "config/authproxy.toml";
 /// The shipped issuer configuration.
 #[cfg(feature = "issuer")]
 const DEFAULT_ISSUER_CONFIG: &str = "config/issuer.toml";
+/// The shipped verifier configuration.
+const DEFAULT_VERIFIER_CONFIG: &str = "config/verifier.toml";
 /// The admin token file of the shipped issuer configuration (its
 /// `issuer.state_dir` + `admin-token`).
 const DEFAULT_ADMIN_TOKEN_FILE: &str = ".authproxy-issuer/admin-token";
@@ -101,6 +103,25 @@ enum Command {
     Issuer {
         #[command(subcommand)]
         command: IssuerCommand,
+    },
+    /// Forward auth and token introspection for upstreams that are not Rust.
+    Verifier {
+        #[command(subcommand)]
+        command: VerifierCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VerifierCommand {
+    /// Serve `/verify` (nginx, Traefik, Caddy), Envoy ext_authz checks and
+    /// `/introspect` (RFC 7662).
+    Serve {
+        /// The verifier's TOML configuration.
+        #[arg(long, short, default_value = DEFAULT_VERIFIER_CONFIG)]
+        config: PathBuf,
+        /// Log format; default: text on a terminal, json otherwise.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
     },
 }
 
@@ -252,6 +273,16 @@ fn main() -> ExitCode {
         } => {
             init_logging(log_format(format));
             cli::issuer::serve(&config)
+        }
+        Command::Verifier {
+            command:
+                VerifierCommand::Serve {
+                    config,
+                    log_format: format,
+                },
+        } => {
+            init_logging(log_format(format));
+            cli::verifier::serve(&config)
         }
         Command::Issuer {
             command:

@@ -1,5 +1,6 @@
-//! The CLI verbs (`serve`, `check`, `token`, `health`, `jwks`, and in
-//! [`issuer`] `issuer serve` and `issuer sync`). Each returns the process
+//! The CLI verbs (`serve`, `check`, `token`, `health`, `jwks`, in
+//! [`issuer`] `issuer serve` and `issuer sync`, and in [`verifier`]
+//! `verifier serve`). Each returns the process
 //! exit status; `main` only parses arguments, loads the configuration,
 //! initialises logging and dispatches.
 //!
@@ -27,6 +28,7 @@ use crate::config::Config;
 use crate::daemon::Daemon;
 
 pub mod issuer;
+pub mod verifier;
 
 /// BSD `EX_USAGE`: the configuration is wrong.
 pub const EX_USAGE: u8 = 64;

@@ -33,6 +33,8 @@ use crate::proxy::{Proxy, ProxyError};
 use crate::sidecar::Sidecar;
 use crate::telemetry::{RandomRequestId, SidecarMetrics};
 
+/// The rule for a local caller, which the verifier's introspection shares.
+pub(crate) use caller::CallerPolicy;
 pub use token::{MAX_BODY_BYTES, MIN_REQUESTED_TTL, TokenError};
 
 /// What the routes need; built by the daemon.

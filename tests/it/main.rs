@@ -29,3 +29,4 @@ mod remote;
 mod revocation;
 mod sidecar;
 mod used_by;
+mod verifier;

@@ -37,8 +37,10 @@
 //! # Layout
 //! - `authorizer` — [`Authorizer`] and its builder: rules, keys, caches.
 //! - `trust` — where the root keys come from (memory, file, URL) and their refresh.
-//! - `requirement` — a route's need, parsed once (`task:operate:{name}`).
-//! - `require` — [`RequireScopeLayer`] / [`RequireScope`], the tower pair.
+//! - `requirement` — [`Requirement`]: a route's need, parsed once (`task:operate:{name}`).
+//! - `require` — [`RequireScopeLayer`] / [`RequireScope`], the tower pair,
+//!   and [`Authorizer::authorize`], the same decision for a service that
+//!   routes on its own (`authproxy verifier`).
 //! - `principal` — [`Principal`], who a verified request speaks for.
 //! - `rejection` — RFC 6750 refusals and the [`Principal`] extractor.
 //! - `revocations` — the issuer's revocation feed, polled (PATs, grants).
@@ -63,5 +65,5 @@ pub use authproxy_core::{
 pub use principal::Principal;
 pub use rejection::{NoPrincipal, Rejection};
 pub use require::{RequireScope, RequireScopeLayer};
-pub use requirement::RequirementError;
+pub use requirement::{Requirement, RequirementError};
 pub use trust::{JwksError, ROOT_KEY_DROP_AFTER_REFRESHES};

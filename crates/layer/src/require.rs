@@ -12,8 +12,7 @@ use std::task::{Context, Poll};
 
 use authproxy_core::clock;
 use authproxy_core::verify::{InvalidToken, Part};
-use axum::http::request::Parts;
-use axum::http::{Request, header};
+use axum::http::{HeaderMap, Request, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::authorizer::Authorizer;
@@ -97,7 +96,15 @@ where
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             let started = std::time::Instant::now();
-            let decision = authorize(&auth, &requirement, &mut parts).await;
+            let value = requirement.value_in(&mut parts).await;
+            let decision = decide(
+                &auth,
+                &parts.headers,
+                &requirement,
+                value.as_deref(),
+                clock::now(),
+            )
+            .await;
             let label = decision.as_ref().map_or_else(Rejection::label, |_| "ok");
             auth.record(label, started.elapsed());
             match decision {
@@ -111,9 +118,41 @@ where
     }
 }
 
+impl Authorizer {
+    /// Decides one request exactly as [`RequireScope`] does — the bearer
+    /// token from `headers` (one `Authorization` header, RFC 6750 §2.1),
+    /// one [`Authorizer::verify`] at `now`, `requirement` resolved with the
+    /// request's path parameters `params` (name, value), and the token's
+    /// scopes checked to cover it — and records the same metrics.
+    ///
+    /// For services that route requests themselves rather than sit in a
+    /// tower stack in front of a handler, such as `authproxy verifier`
+    /// (forward auth for upstreams that are not Rust). A refusal is a
+    /// [`Rejection`]; its `IntoResponse` is the layer's RFC 6750 answer.
+    pub async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        requirement: &Requirement,
+        params: &[(&str, &str)],
+        now: u64,
+    ) -> Result<Principal, Rejection> {
+        let started = std::time::Instant::now();
+        let value = requirement.param().map(|name| {
+            params
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map_or("", |(_, v)| *v)
+        });
+        let decision = decide(self, headers, requirement, value, now).await;
+        let label = decision.as_ref().map_or_else(Rejection::label, |_| "ok");
+        self.record(label, started.elapsed());
+        decision
+    }
+}
+
 /// Finds the bearer token of a request (RFC 6750 §2.1).
-fn bearer(parts: &Parts) -> Result<&str, Rejection> {
-    let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+fn bearer(headers: &HeaderMap) -> Result<&str, Rejection> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(Rejection::Missing);
     };
@@ -133,17 +172,21 @@ fn bearer(parts: &Parts) -> Result<&str, Rejection> {
     Ok(token)
 }
 
-async fn authorize(
+/// The one decision, for the layer and for [`Authorizer::authorize`]:
+/// `value` is the path parameter's value (`None` for a fixed requirement).
+async fn decide(
     auth: &Authorizer,
+    headers: &HeaderMap,
     requirement: &Requirement,
-    parts: &mut Parts,
+    value: Option<&str>,
+    now: u64,
 ) -> Result<Principal, Rejection> {
-    let token = bearer(parts)?;
-    let principal = auth.verify(token, clock::now()).await.map_err(|reason| {
+    let token = bearer(headers)?;
+    let principal = auth.verify(token, now).await.map_err(|reason| {
         tracing::debug!(%reason, "bearer token refused");
         Rejection::Invalid(reason)
     })?;
-    let needed = requirement.resolve(parts).await.map_err(|shown| {
+    let needed = requirement.resolve(value).map_err(|shown| {
         tracing::debug!(scope = %shown, "no token can cover this resource");
         Rejection::InsufficientScope(shown)
     })?;

@@ -1,6 +1,8 @@
 //! What a route needs: an authorization whose resource may be a path
 //! parameter (`env:view`, `task:operate:{name}`), parsed once when the
-//! router is built.
+//! router is built — by [`crate::Authorizer::require`], or by a service
+//! that routes on its own (`authproxy verifier`) through
+//! [`Requirement::parse`] and [`crate::Authorizer::authorize`].
 
 use std::borrow::Cow;
 
@@ -23,9 +25,13 @@ pub enum RequirementError {
     Catalogue(#[from] AuthorizationError),
 }
 
-/// A parsed route requirement.
-#[derive(Debug)]
-pub(crate) enum Requirement {
+/// What a route needs, parsed once: `env:view`, or `task:operate:{name}`
+/// whose resource is the path parameter `name`.
+#[derive(Debug, Clone)]
+pub struct Requirement(Need);
+
+#[derive(Debug, Clone)]
+enum Need {
     /// No path parameter: resolved once at startup, not on every request.
     Fixed(Authorization),
     /// `type:action:{param}`: the resource is the path parameter `param`.
@@ -37,7 +43,82 @@ pub(crate) enum Requirement {
 }
 
 impl Requirement {
-    pub(crate) fn parse(s: &str) -> Result<Self, RequirementError> {
+    /// Parses a scope string in which the resource may be a path parameter
+    /// (`env:view`, `task:operate:send-report`, `task:operate:{name}`); the
+    /// combination must be in the authorization catalogue.
+    pub fn parse(s: &str) -> Result<Self, RequirementError> {
+        Need::parse(s).map(Self)
+    }
+
+    /// The path parameter the resource comes from (`name` for
+    /// `task:operate:{name}`), if any.
+    pub fn param(&self) -> Option<&str> {
+        match &self.0 {
+            Need::Fixed(_) => None,
+            Need::Param { param, .. } => Some(param),
+        }
+    }
+
+    /// The value of [`Self::param`] in a request axum has routed (empty when
+    /// missing: never covered); `None` for a fixed requirement.
+    pub(crate) async fn value_in(&self, parts: &mut Parts) -> Option<String> {
+        let param = self.param()?;
+        // Params exist once the router matched; under `route_layer` they
+        // always do.
+        Some(match RawPathParams::from_request_parts(parts, &()).await {
+            Ok(params) => params
+                .iter()
+                .find(|(k, _)| *k == param)
+                .map(|(_, v)| v.to_owned())
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        })
+    }
+
+    /// The authorization a request needs, given the value of its path
+    /// parameter, or `Err(shown)` when that value is not a valid name (no
+    /// token can cover it). `shown` is then the requirement itself
+    /// (`task:operate:{name}`), never the value: the value is the client's,
+    /// and echoing it into `WWW-Authenticate` would let a `"` close the
+    /// scope and add auth-params (#11 item 1).
+    pub(crate) fn resolve(&self, value: Option<&str>) -> Result<Cow<'_, Authorization>, String> {
+        let (kind, action, param) = match &self.0 {
+            Need::Fixed(a) => return Ok(Cow::Borrowed(a)),
+            Need::Param {
+                kind,
+                action,
+                param,
+            } => (kind, action, param),
+        };
+        let value = value.unwrap_or_default();
+        Name::parse(value)
+            .ok()
+            .and_then(|_| Authorization::from_parts(kind, action, Some(value)).ok())
+            .map(Cow::Owned)
+            .ok_or_else(|| {
+                // `?` quotes and escapes the value: no log injection either.
+                tracing::debug!(%param, value = ?value, "path parameter is not a valid name");
+                format!("{kind}:{action}:{{{param}}}")
+            })
+    }
+}
+
+impl std::fmt::Display for Requirement {
+    /// The requirement as written: `env:view`, `task:operate:{name}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Need::Fixed(a) => a.fmt(f),
+            Need::Param {
+                kind,
+                action,
+                param,
+            } => write!(f, "{kind}:{action}:{{{param}}}"),
+        }
+    }
+}
+
+impl Need {
+    fn parse(s: &str) -> Result<Self, RequirementError> {
         let parts: Vec<&str> = s.split(':').collect();
         let (kind, action, resource) = match parts.as_slice() {
             [k, a] => (*k, *a, None),
@@ -59,44 +140,6 @@ impl Requirement {
                 kind, action, resource,
             )?)),
         }
-    }
-
-    /// The authorization this request needs, or `Err(shown)` when the path
-    /// parameter is not a valid name (no token can cover it). `shown` is
-    /// then the requirement itself (`task:operate:{name}`), never the value:
-    /// the value is the client's, and echoing it into `WWW-Authenticate`
-    /// would let a `"` close the scope and add auth-params (#11 item 1).
-    pub(crate) async fn resolve(
-        &self,
-        parts: &mut Parts,
-    ) -> Result<Cow<'_, Authorization>, String> {
-        let (kind, action, param) = match self {
-            Self::Fixed(a) => return Ok(Cow::Borrowed(a)),
-            Self::Param {
-                kind,
-                action,
-                param,
-            } => (kind, action, param),
-        };
-        // Params exist once the router matched; under `route_layer` they
-        // always do. Missing means an empty resource: never covered.
-        let value = match RawPathParams::from_request_parts(parts, &()).await {
-            Ok(params) => params
-                .iter()
-                .find(|(k, _)| k == param)
-                .map(|(_, v)| v.to_owned())
-                .unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        Name::parse(&value)
-            .ok()
-            .and_then(|_| Authorization::from_parts(kind, action, Some(&value)).ok())
-            .map(Cow::Owned)
-            .ok_or_else(|| {
-                // `?` quotes and escapes the value: no log injection either.
-                tracing::debug!(%param, value = ?value, "path parameter is not a valid name");
-                format!("{kind}:{action}:{{{param}}}")
-            })
     }
 }
 
@@ -131,16 +174,49 @@ mod tests {
     #[test]
     fn fixed_requirements_are_resolved_at_parse_time() {
         assert!(matches!(
-            Requirement::parse("env:view").unwrap(),
-            Requirement::Fixed(Authorization::EnvView)
+            Requirement::parse("env:view").unwrap().0,
+            Need::Fixed(Authorization::EnvView)
         ));
         assert!(matches!(
-            Requirement::parse("task:operate:send-report").unwrap(),
-            Requirement::Fixed(Authorization::TaskOperate(_))
+            Requirement::parse("task:operate:send-report").unwrap().0,
+            Need::Fixed(Authorization::TaskOperate(_))
         ));
         assert!(matches!(
-            Requirement::parse("task:operate:{name}").unwrap(),
-            Requirement::Param { .. }
+            Requirement::parse("task:operate:{name}").unwrap().0,
+            Need::Param { .. }
         ));
+    }
+
+    #[test]
+    fn a_requirement_names_its_parameter_and_prints_as_written() {
+        let fixed = Requirement::parse("env:view").unwrap();
+        assert_eq!(
+            (fixed.param(), fixed.to_string().as_str()),
+            (None, "env:view")
+        );
+        let param = Requirement::parse("task:operate:{name}").unwrap();
+        assert_eq!(param.param(), Some("name"));
+        assert_eq!(param.to_string(), "task:operate:{name}");
+    }
+
+    #[test]
+    fn a_parameter_value_resolves_only_when_it_is_a_name() {
+        let r = Requirement::parse("task:operate:{name}").unwrap();
+        assert_eq!(
+            r.resolve(Some("send-report")).unwrap().to_string(),
+            "task:operate:send-report"
+        );
+        for bad in [None, Some(""), Some("Send"), Some("a\"b"), Some("x%2fy")] {
+            assert_eq!(
+                r.resolve(bad).unwrap_err(),
+                "task:operate:{name}",
+                "{bad:?}"
+            );
+        }
+        let fixed = Requirement::parse("env:view").unwrap();
+        assert_eq!(
+            fixed.resolve(Some("ignored")).unwrap().to_string(),
+            "env:view"
+        );
     }
 }

@@ -13,7 +13,8 @@ use authproxy_core::grant::{Grant, GrantRequest};
 use authproxy_core::keys::{SigningKey, random_id};
 use authproxy_core::token::{MintRequest, mint};
 use authproxy_layer::{
-    Authorizer, BuildError, Environment, InvalidToken, Jwks, Part, Principal, ScopeSet, WorkloadId,
+    Authorizer, BuildError, Environment, InvalidToken, Jwks, Part, Principal, Requirement,
+    ScopeSet, WorkloadId,
 };
 use axum::Router;
 use axum::body::Body;
@@ -432,6 +433,116 @@ async fn a_path_parameter_cannot_inject_into_the_challenge() {
     assert_eq!(body["error"], "insufficient_scope");
     assert_eq!(body["scope"], "task:operate:{name}");
     assert!(!body.to_string().contains("invalid_token"), "{body}");
+}
+
+/// `Authorizer::authorize` (for services that route on their own, like
+/// `authproxy verifier`) decides exactly as the layer in front of a route:
+/// same principal, same refusal, same RFC 6750 response.
+#[tokio::test]
+async fn authorize_answers_what_the_layer_answers() {
+    use axum::response::IntoResponse as _;
+    // Granted two hours ago (for a day), so that a token can have expired.
+    let two_hours_ago = clock::now() - 7200;
+    let chain = Chain::new("main", "env:view task:operate:send-report", two_hours_ago);
+    let auth = chain.authorizer().await;
+    let app = app(&auth);
+    let all = bearer(&chain.token("env:view task:operate:send-report"));
+    let task_only = bearer(&chain.token("task:operate:send-report"));
+    let expired = bearer(&chain.token_at("env:view", 300, two_hours_ago));
+    let env_view = Requirement::parse("env:view").unwrap();
+    let task = Requirement::parse("task:operate:{name}").unwrap();
+    for (method, uri, requirement, name, authorization) in [
+        (
+            Method::GET,
+            "/environment",
+            &env_view,
+            None,
+            vec![all.as_str()],
+        ),
+        (Method::GET, "/environment", &env_view, None, vec![]),
+        (
+            Method::GET,
+            "/environment",
+            &env_view,
+            None,
+            vec!["Basic YTpi"],
+        ),
+        (
+            Method::GET,
+            "/environment",
+            &env_view,
+            None,
+            vec!["Bearer x.y.z"],
+        ),
+        (
+            Method::GET,
+            "/environment",
+            &env_view,
+            None,
+            vec![expired.as_str()],
+        ),
+        (
+            Method::GET,
+            "/environment",
+            &env_view,
+            None,
+            vec![task_only.as_str()],
+        ),
+        (
+            Method::GET,
+            "/environment",
+            &env_view,
+            None,
+            vec![all.as_str(), all.as_str()],
+        ),
+        (
+            Method::POST,
+            "/tasks/send-report/runs",
+            &task,
+            Some("send-report"),
+            vec![task_only.as_str()],
+        ),
+        (
+            Method::POST,
+            "/tasks/notify/runs",
+            &task,
+            Some("notify"),
+            vec![all.as_str()],
+        ),
+        (
+            Method::POST,
+            "/tasks/NOTIFY/runs",
+            &task,
+            Some("NOTIFY"),
+            vec![all.as_str()],
+        ),
+    ] {
+        let layer = send(app.clone(), request(method.clone(), uri, &authorization)).await;
+        let mut headers = axum::http::HeaderMap::new();
+        for a in &authorization {
+            headers.append(header::AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+        }
+        let params: Vec<(&str, &str)> = name.map(|n| ("name", n)).into_iter().collect();
+        let decided = auth
+            .authorize(&headers, requirement, &params, clock::now())
+            .await;
+        let service = match decided {
+            Ok(p) => {
+                assert_eq!(p.sub().to_string(), "app/web");
+                (StatusCode::OK, String::new(), "app/web".to_owned())
+            }
+            Err(r) => {
+                let res = r.into_response();
+                (res.status(), challenge(&res).to_owned(), text(res).await)
+            }
+        };
+        let layered = (
+            layer.status(),
+            challenge(&layer).to_owned(),
+            text(layer).await,
+        );
+        assert_eq!(service, layered, "{method} {uri} {authorization:?}");
+    }
 }
 
 fn write_jwks(path: &std::path::Path, roots: &[&SigningKey]) {
