@@ -118,6 +118,12 @@ pub struct TrustConfig {
     pub leeway: Duration,
     /// How long keys that cannot be refreshed stay trusted (default 24 h).
     pub max_stale: Duration,
+    /// The revocation feed, when it is not the issuer's (`trust.revocation_url`;
+    /// with `trust.issuers` the issuer's own feed is read).
+    pub revocation_url: Option<String>,
+    /// How long the feed may be unreadable before personal access tokens
+    /// are refused (`trust.revocations_max_stale`, default 30 s).
+    pub revocations_max_stale: Duration,
 }
 
 /// `[introspection]`
@@ -200,6 +206,8 @@ struct RawTrust {
     environment: Option<String>,
     leeway: Option<String>,
     max_stale: Option<String>,
+    revocation_url: Option<String>,
+    revocations_max_stale: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -469,6 +477,23 @@ impl Validator<'_> {
             Duration::from_secs(60),
             Duration::from_secs(7 * 24 * 3600),
         )?;
+        let revocation_url = match raw.revocation_url.filter(|s| !s.trim().is_empty()) {
+            None => None,
+            Some(_) if matches!(keys, KeySource::Issuer(_)) => {
+                return Err(self.invalid(
+                    "trust.revocation_url",
+                    "is the issuer's own feed with `trust.issuers`: remove one of the two",
+                ));
+            }
+            Some(url) => Some(http_url(&url).map_err(|p| self.invalid("trust.revocation_url", p))?),
+        };
+        let revocations_max_stale = self.duration(
+            "trust.revocations_max_stale",
+            raw.revocations_max_stale.as_deref(),
+            "30s",
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 3600),
+        )?;
         Ok(TrustConfig {
             keys,
             pinned_roots,
@@ -476,6 +501,8 @@ impl Validator<'_> {
             environment,
             leeway,
             max_stale,
+            revocation_url,
+            revocations_max_stale,
         })
     }
 

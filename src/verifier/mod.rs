@@ -83,12 +83,16 @@ impl Verifier {
             .max_stale(trust.max_stale)
             .metrics(&mut registry);
         builder = match trust.keys {
-            // DESIGN §8: an issuer URL names its JWKS; when the layer takes
-            // issuers (and their revocation feed), this becomes `.issuer(url)`.
-            KeySource::Issuer(url) => builder.jwks_url(format!("{url}/.well-known/jwks.json")),
+            // DESIGN §8: an issuer URL names its JWKS and its revocation
+            // feed (so personal access tokens work).
+            KeySource::Issuer(url) => builder.issuer(url),
             KeySource::JwksUrl(url) => builder.jwks_url(url),
             KeySource::JwksFile(path) => builder.jwks_file(path),
         };
+        if let Some(feed) = trust.revocation_url {
+            builder = builder.revocation_feed(feed);
+        }
+        builder = builder.revocations_max_stale(trust.revocations_max_stale);
         if let Some(pins) = trust.pinned_roots {
             builder = builder.pinned_roots(pins);
         }

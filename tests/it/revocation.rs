@@ -242,3 +242,46 @@ async fn revoking_a_workloads_grants_cuts_its_tokens_off_within_five_seconds() {
     .await;
     assert_ne!(status, 401);
 }
+
+/// The verifier (issue #16) is the layer as a service: a PAT works through
+/// `/verify` and is refused there within 5 s of its deletion too.
+#[tokio::test]
+async fn the_verifier_accepts_a_pat_and_refuses_it_once_deleted() {
+    let platform = Platform::start("1h");
+    platform.synced(E2E_PROJECT);
+    let admin = Admin::of(&platform);
+    let env = [
+        ("AUTHPROXY__TRUST__ISSUERS", platform.url.as_str()),
+        ("AUTHPROXY__TRUST__AUDIENCE", AUDIENCE),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let verifier = crate::verifier::spawn_verifier_with(env, "127.0.0.1:0").await;
+    let value = admin.create_pat("ci", &["task:operate:*"]).await;
+    let res =
+        crate::verifier::check(&verifier, "POST", "/tasks/send-report/runs", Some(&value)).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-auth-subject"], "pat:ci");
+    assert_eq!(res.headers()["x-auth-scope"], "task:operate:*");
+    let res = crate::verifier::check(&verifier, "GET", "/environment", Some(&value)).await;
+    assert_eq!(res.status(), 403, "task:operate:* does not cover env:view");
+
+    assert_eq!(admin.send(Method::DELETE, "/v1/pats/ci", None).await.0, 204);
+    let since = Instant::now();
+    loop {
+        let res =
+            crate::verifier::check(&verifier, "POST", "/tasks/send-report/runs", Some(&value))
+                .await;
+        if res.status() == 401 {
+            break;
+        }
+        assert_eq!(res.status(), 200);
+        assert!(since.elapsed() < WITHIN, "still accepted after {WITHIN:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "PAT delete → refused by the verifier after {:?}",
+        since.elapsed()
+    );
+}

@@ -88,14 +88,6 @@ impl Verified {
     pub fn exp(&self) -> u64 {
         self.0.exp
     }
-    /// Issue time, unix seconds.
-    pub fn iat(&self) -> u64 {
-        self.0.iat
-    }
-    /// The issuer (`iss`), the same in the token and its grant.
-    pub fn iss(&self) -> &str {
-        &self.0.grant.claims().iss
-    }
 }
 
 /// The verification rules and caches of one upstream (one audience, one environment).
@@ -217,7 +209,6 @@ impl Verifier {
             iat: claims.iat,
             jti: claims.jti,
             exp: claims.exp,
-            iat: claims.iat,
             grant: Arc::clone(&grant),
         }));
         self.tokens.insert(

@@ -115,14 +115,4 @@ impl Principal {
     pub(crate) fn is_pat_derived(&self) -> bool {
         self.is_pat() || self.revocation_ids().1.is_some()
     }
-
-    /// Issue time, unix seconds (for RFC 7662 introspection).
-    pub fn iat(&self) -> u64 {
-        self.0.iat()
-    }
-
-    /// Who issued the credential (`iss`; for RFC 7662 introspection).
-    pub fn iss(&self) -> &str {
-        self.0.iss()
-    }
 }

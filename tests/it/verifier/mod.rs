@@ -65,6 +65,11 @@ pub async fn spawn_verifier_on(
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
+    spawn_verifier_with(env, bind).await
+}
+
+/// Serves the shipped config with these environment overrides.
+pub async fn spawn_verifier_with(env: HashMap<String, String>, bind: &str) -> TestVerifier {
     let config = VerifierConfig::load_with_env(Path::new(SHIPPED), Some(env)).unwrap();
     let limits = config.server.limits;
     let verifier = Arc::new(Verifier::build(config).await.unwrap());
