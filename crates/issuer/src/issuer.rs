@@ -10,7 +10,7 @@ use authproxy_core::declarations::Declarations;
 use authproxy_core::grant::{Grant, GrantRequest};
 use authproxy_core::keys::{Jwks, KeyError, PublicKey, SigningKey, random_id};
 use authproxy_core::root_key::{RootKeyError, load_or_create_root_key};
-use authproxy_core::{Environment, WorkloadId};
+use authproxy_core::{Environment, Subject, WorkloadId};
 use serde::{Serialize, Serializer};
 
 use crate::config::{IssuerConfig, StoreUrl};
@@ -436,7 +436,7 @@ impl Issuer {
             .record_grant(&GrantRecord {
                 jti: jti.clone(),
                 environment: environment.clone(),
-                workload: workload.clone(),
+                subject: Subject::Workload(workload.clone()),
                 identity,
                 bootstrap: caller.kind(),
                 root_kid: self.root_kid().to_owned(),
