@@ -1,6 +1,12 @@
 //! The issuer node: its root key, its store, and the use cases the HTTP
 //! routes call — publish keys, check the admin token, sync declarations,
-//! issue grants. Every method takes `now`; none reads the clock.
+//! issue grants; in [`pats`] personal access tokens, in [`exchange`] their
+//! exchange for access tokens, in [`revocations`] the revocation feed and
+//! grant revocation. Every method takes `now`; none reads the clock.
+
+pub mod exchange;
+pub mod pats;
+pub mod revocations;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
