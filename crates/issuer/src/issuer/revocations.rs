@@ -9,6 +9,10 @@ use super::Issuer;
 use crate::error::IssuerError;
 use crate::store::RevocationRecord;
 
+/// How often `authproxy issuer serve` deletes expired feed entries. Only
+/// storage hygiene: the feed never serves an expired entry anyway.
+pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// A position in the feed: the `seq` of the last entry a layer has seen.
 /// Written as a decimal string in the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
