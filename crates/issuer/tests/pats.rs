@@ -513,7 +513,10 @@ async fn the_value_appears_only_in_create_and_update_answers() {
     // Nor do refusals echo it.
     let a = node.create("ci", "main", 60, &["env:view"]).await;
     assert!(!a.text.contains("ap_pat_"), "{}", a.text);
-    let typo = format!("{}x", &updated[..updated.len() - 1]);
+    let typo = {
+        let (head, last) = updated.split_at(updated.len() - 1);
+        format!("{head}{}", if last == "x" { "y" } else { "x" })
+    };
     let a = node.exchange_value(&typo, &[]).await;
     a.expect(401, Some("invalid_client"));
     assert!(
