@@ -163,6 +163,9 @@ pub struct Metadata {
     pub jwks_uri: String,
     /// The PAT exchange endpoint (DESIGN §9).
     pub token_endpoint: String,
+    /// How a client presents its PAT there: HTTP Basic or the form's
+    /// `client_secret` (RFC 8414 §2; the default would be Basic only).
+    pub token_endpoint_auth_methods_supported: Vec<&'static str>,
     /// `["client_credentials"]`.
     pub grant_types_supported: Vec<&'static str>,
     /// Empty: no authorization endpoint (required member, RFC 8414 §2).
@@ -244,6 +247,10 @@ impl Issuer {
             issuer: self.config.issuer.url.clone(),
             jwks_uri: self.config.jwks_uri(),
             token_endpoint: self.config.token_endpoint(),
+            token_endpoint_auth_methods_supported: vec![
+                "client_secret_basic",
+                "client_secret_post",
+            ],
             grant_types_supported: vec!["client_credentials"],
             response_types_supported: Vec::new(),
         }

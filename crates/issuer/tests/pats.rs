@@ -14,7 +14,7 @@ use authproxy_core::pat::{self, PatName, PatRequest};
 use authproxy_core::root_key::load_or_create_root_key;
 use authproxy_core::verify::Verifier;
 use authproxy_core::{Environment, Scopes, Subject};
-use authproxy_issuer::{ADMIN_TOKEN_FILE, Cursor, Issuer, IssuerConfig, router};
+use authproxy_issuer::{ADMIN_TOKEN_FILE, Cursor, Issuer, IssuerConfig, PatChange, router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::header::HeaderMap;
@@ -352,6 +352,60 @@ async fn pats_are_created_listed_shown_updated_and_deleted() {
     assert_eq!(list.body["pats"].as_array().unwrap().len(), 1);
     // The name is free again.
     node.created("ci.deploy", "main", &["env:view"]).await;
+}
+
+#[tokio::test]
+async fn the_metadata_advertises_the_exchange() {
+    let node = spawn("").await;
+    let r = node
+        .client
+        .get(node.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap();
+    let meta = Answer::of(r).await;
+    meta.expect(200, None);
+    assert_eq!(meta.body["token_endpoint"], node.url("/oauth2/token"));
+    assert_eq!(
+        meta.body["grant_types_supported"],
+        json!(["client_credentials"])
+    );
+    assert_eq!(
+        meta.body["token_endpoint_auth_methods_supported"],
+        json!(["client_secret_basic", "client_secret_post"])
+    );
+}
+
+#[tokio::test]
+async fn an_expired_pat_is_updated_only_with_a_new_validity() {
+    let node = spawn("").await;
+    node.created("ci", "main", &["env:view"]).await;
+    let name = PatName::parse("ci").unwrap();
+    let later = clock::now() + 2 * 3600;
+    let e = node
+        .issuer
+        .update_pat(&name, &PatChange::default(), later)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("give `valid_minutes`"), "{e}");
+    let renewed = node
+        .issuer
+        .update_pat(
+            &name,
+            &PatChange {
+                valid_minutes: Some(10),
+                ..PatChange::default()
+            },
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(renewed.pat.expires_at, later + 600);
+    assert!(
+        format!("{renewed:?}").contains("redacted"),
+        "the value is never printed"
+    );
+    assert!(!format!("{renewed:?}").contains("ap_pat_"));
 }
 
 #[tokio::test]
@@ -1042,11 +1096,15 @@ async fn grants_revoke_puts_a_workloads_live_grants_on_the_feed() {
     a.expect(200, None);
     assert_eq!(a.body, json!({"revoked": 2}));
     let feed = node.feed("").await;
-    let expected: Vec<(String, String)> = grant_ids
+    let mut expected: Vec<(String, String)> = grant_ids
         .iter()
         .map(|id| ("grant".to_owned(), id.clone()))
         .collect();
-    assert_eq!(entries(&feed.body), expected);
+    expected.sort();
+    // Grants issued in the same second come in no particular order.
+    let mut revoked = entries(&feed.body);
+    revoked.sort();
+    assert_eq!(revoked, expected);
     for e in feed.body["revocations"].as_array().unwrap() {
         // A grant's entry lives as long as the grant (1 h here).
         let left = secs(&e["expires_at"]).saturating_sub(clock::now());
