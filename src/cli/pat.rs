@@ -349,7 +349,7 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0],
-            "NAME  ENVIRONMENT  SCOPES                   CREATED               EXPIRES                                LAST USED"
+            "NAME  ENVIRONMENT  SCOPES                   CREATED               EXPIRES                               LAST USED"
         );
         assert!(lines[1].starts_with("ci    main         env:view task:operate:*  2025-12-01T00:00:00Z  2027-01-01T00:00:00Z "), "{t}");
         assert!(lines[1].ends_with("  2025-12-31T23:00:00Z"), "{t}");
