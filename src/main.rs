@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use authproxy::cli::admin::{OutputFormat, Target};
 use authproxy::cli::issuer::{PlanFormat, SyncArgs};
 use authproxy::cli::{self, TokenFormat};
 use authproxy::config::Config;
@@ -109,6 +110,101 @@ enum Command {
         #[command(subcommand)]
         command: VerifierCommand,
     },
+    /// Personal access tokens on an issuer: for people and automation
+    /// outside the platform (CI, a laptop).
+    Pat {
+        #[command(subcommand)]
+        command: PatCommand,
+    },
+}
+
+/// Where a management verb sends its request, and what it prints.
+#[derive(clap::Args)]
+struct ManagementArgs {
+    /// The issuer's base URL (`http://` if it has no scheme).
+    #[arg(
+        long,
+        env = "AUTHPROXY_ISSUER",
+        default_value = "http://127.0.0.1:8400"
+    )]
+    issuer: String,
+    /// The file holding the admin token.
+    #[arg(long, env = "AUTHPROXY_ADMIN_TOKEN_FILE", default_value = DEFAULT_ADMIN_TOKEN_FILE)]
+    admin_token_file: PathBuf,
+    /// What to print.
+    #[arg(long, value_enum, default_value_t = PlanFormatArg::Table)]
+    format: PlanFormatArg,
+}
+
+impl ManagementArgs {
+    fn target(self) -> Target {
+        Target {
+            issuer: self.issuer,
+            admin_token_file: self.admin_token_file,
+            format: match self.format {
+                PlanFormatArg::Table => OutputFormat::Table,
+                PlanFormatArg::Json => OutputFormat::Json,
+            },
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum PatCommand {
+    /// Create a PAT and print its value, once.
+    Create {
+        /// Its name: 1-64 of a-z 0-9 _ . - (starting with a letter or digit), unique.
+        #[arg(long)]
+        name: String,
+        /// The environment it works in.
+        #[arg(long)]
+        environment: String,
+        /// How long it is valid, from 1 to the issuer's `pats.max_valid_minutes` (default 527040, 366 days).
+        #[arg(long)]
+        valid_minutes: u64,
+        /// A scope (repeatable): task:operate:NAME, env:view, or a wildcard
+        /// task:operate:*, task:*, env:*, *.
+        #[arg(long = "scopes", required = true)]
+        scopes: Vec<String>,
+        #[command(flatten)]
+        management: ManagementArgs,
+    },
+    /// Give a PAT a new value (printed once) and revoke the previous one;
+    /// optionally change its validity (from now) and scopes.
+    Update {
+        /// The PAT.
+        #[arg(long)]
+        name: String,
+        /// A new validity from now; without it the value expires when the previous one would have.
+        #[arg(long)]
+        valid_minutes: Option<u64>,
+        /// New scopes (repeatable); without them the scopes stay.
+        #[arg(long = "scopes")]
+        scopes: Vec<String>,
+        #[command(flatten)]
+        management: ManagementArgs,
+    },
+    /// Print a PAT's properties (never its value).
+    Show {
+        /// The PAT.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        management: ManagementArgs,
+    },
+    /// Print every PAT's properties (never a value).
+    List {
+        #[command(flatten)]
+        management: ManagementArgs,
+    },
+    /// Delete a PAT: it and the tokens exchanged from it are revoked.
+    Delete {
+        /// The PAT.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        management: ManagementArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +218,22 @@ enum VerifierCommand {
         /// Log format; default: text on a terminal, json otherwise.
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantsCommand {
+    /// Revoke every live grant of a workload: every layer refuses its
+    /// tokens from its next revocation poll.
+    Revoke {
+        /// The environment.
+        #[arg(long, short)]
+        environment: String,
+        /// The workload (app/NAME, worker/APP/NAME, task/NAME).
+        #[arg(long, short)]
+        workload: String,
+        #[command(flatten)]
+        management: ManagementArgs,
     },
 }
 
@@ -167,6 +279,11 @@ enum IssuerCommand {
         #[arg(long, value_enum, default_value_t = PlanFormatArg::Table)]
         format: PlanFormatArg,
     },
+    /// Grants of workloads.
+    Grants {
+        #[command(subcommand)]
+        command: GrantsCommand,
+    },
 }
 
 /// `--format` of the management verbs.
@@ -209,7 +326,20 @@ fn log_format(arg: Option<LogFormatArg>) -> LogFormat {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    // A command line that does not parse is a usage error: 64, as for
+    // every other usage error (clap's own status would be 2).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(cli::EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
         Command::Serve {
             config,
             log_format: format,
@@ -307,5 +437,42 @@ fn main() -> ExitCode {
                 PlanFormatArg::Json => PlanFormat::Json,
             },
         }),
+        Command::Issuer {
+            command:
+                IssuerCommand::Grants {
+                    command:
+                        GrantsCommand::Revoke {
+                            environment,
+                            workload,
+                            management,
+                        },
+                },
+        } => cli::issuer::revoke_grants(&management.target(), &environment, &workload),
+        Command::Pat { command } => match command {
+            PatCommand::Create {
+                name,
+                environment,
+                valid_minutes,
+                scopes,
+                management,
+            } => cli::pat::create(
+                &management.target(),
+                &name,
+                &environment,
+                valid_minutes,
+                &scopes,
+            ),
+            PatCommand::Update {
+                name,
+                valid_minutes,
+                scopes,
+                management,
+            } => cli::pat::update(&management.target(), &name, valid_minutes, &scopes),
+            PatCommand::Show { name, management } => cli::pat::show(&management.target(), &name),
+            PatCommand::List { management } => cli::pat::list(&management.target()),
+            PatCommand::Delete { name, management } => {
+                cli::pat::delete(&management.target(), &name)
+            }
+        },
     }
 }

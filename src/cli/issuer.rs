@@ -62,6 +62,20 @@ pub fn serve(config_file: &Path) -> ExitCode {
                 ));
             }
         };
+        // Expired revocations are never served; deleting them only keeps
+        // the store small. Dropped with the runtime at shutdown.
+        let pruner = Arc::clone(&issuer);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(
+                authproxy_issuer::issuer::revocations::PRUNE_EVERY,
+            );
+            loop {
+                every.tick().await;
+                if let Err(e) = pruner.prune_revocations(clock::now()).await {
+                    tracing::warn!(error = %e, "cannot prune expired revocations; trying again later");
+                }
+            }
+        });
         let shutdown = super::shutdown_signal();
         for l in &listeners {
             match l.local_addr() {
@@ -264,6 +278,38 @@ pub fn sync(args: &SyncArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `authproxy issuer grants revoke`: revokes every live grant of a
+/// workload (`POST /v1/grants/revoke`), so that every layer refuses its
+/// tokens within seconds. Exit 0 done (even when it had no live grant), 1
+/// refused (an unknown workload, say) or unreachable, 64 the workload id is
+/// malformed or the admin token file cannot be used.
+pub fn revoke_grants(target: &super::admin::Target, environment: &str, workload: &str) -> ExitCode {
+    if let Err(e) = workload.parse::<authproxy_core::WorkloadId>() {
+        return usage_error(&format!("--workload: {e}"));
+    }
+    let body = serde_json::json!({"environment": environment, "workload": workload});
+    let answer = super::admin::run(target, |a| async move {
+        Ok(
+            a.send(reqwest::Method::POST, "/v1/grants/revoke", Some(&body))
+                .await?
+                .1,
+        )
+    });
+    match answer {
+        Ok(answer) => {
+            match target.format {
+                super::admin::OutputFormat::Json => println!("{answer}"),
+                super::admin::OutputFormat::Table => println!(
+                    "revoked {} live grant(s) of {workload} in {environment}; layers refuse their tokens from their next revocation poll. Its sidecar gets a new grant when it renews (SIGHUP renews at once).",
+                    answer["revoked"]
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
 /// The file a workload's credential is written to: its id with `/` → `_`
 /// (`app/web` → `app_web`). Workload ids are `[a-z0-9_-]` names joined by
 /// `/`, so the name is a plain file name.
@@ -281,7 +327,7 @@ fn read_declarations(path: &Path) -> Result<String, String> {
     Ok(text)
 }
 
-fn read_admin_token(path: &Path) -> Result<String, String> {
+pub(super) fn read_admin_token(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(
             "admin token file {}: {e} (--admin-token-file or AUTHPROXY_ADMIN_TOKEN_FILE; the issuer writes it to <state_dir>/admin-token)",

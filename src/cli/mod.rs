@@ -1,8 +1,9 @@
-//! The CLI verbs (`serve`, `check`, `token`, `health`, `jwks`, in
-//! [`issuer`] `issuer serve` and `issuer sync`, and in [`verifier`]
-//! `verifier serve`). Each returns the process
-//! exit status; `main` only parses arguments, loads the configuration,
-//! initialises logging and dispatches.
+//! The CLI verbs (`serve`, `check`, `token`, `health`, `jwks`; in
+//! [`issuer`] `issuer serve`, `issuer sync` and `issuer grants revoke`; in
+//! [`pat`] the personal access token verbs, with [`admin`] their client; in
+//! [`verifier`] `verifier serve`). Each returns the process exit status;
+//! `main` only parses arguments, loads the configuration, initialises
+//! logging and dispatches.
 //!
 //! Exit statuses: 0 success; 1 the verb's check failed (not ready, no
 //! token, invalid declarations, a runtime failure); 64 (`EX_USAGE`, the
@@ -12,7 +13,11 @@
 //! configuration (or of what else runs there) fixes it. In remote mode a
 //! bootstrap credential that cannot be read or that the issuer refuses is
 //! 64 too; issuers that stay unreachable for `trust.initial_grant_timeout`
-//! are 1 (a later restart may succeed).
+//! are 1 (a later restart may succeed). The management verbs (`issuer
+//! sync`, `issuer grants revoke`, `pat …`) exit 1 when the issuer refuses
+//! (its `error_description` printed) or cannot be reached, and 64 when an
+//! argument is malformed or the admin token file cannot be used; so does
+//! any verb whose command line does not parse.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -27,7 +32,9 @@ use authproxy_core::root_key::{load_or_create_root_key, load_root_public_key};
 use crate::config::Config;
 use crate::daemon::Daemon;
 
+pub mod admin;
 pub mod issuer;
+pub mod pat;
 pub mod verifier;
 
 /// BSD `EX_USAGE`: the configuration is wrong.

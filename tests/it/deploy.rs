@@ -145,6 +145,9 @@ fn compose_services_match_the_binary() {
     let icfg = issuer_config(&std::fs::read_to_string("deploy/config/issuer.toml").unwrap());
     assert_eq!(icfg.issuer.url, "http://issuer:8400");
     assert_eq!(icfg.server.listen.port(), 8400);
+    // Tokens exchanged from PATs are for the upstream the compose file runs.
+    let api_args = strs(&svc("api")["command"]);
+    assert_eq!(icfg.tokens.audience, arg_after(&api_args, "--audience"));
     assert!(
         icfg.server.listen.ip().is_unspecified(),
         "{:?}",
@@ -369,6 +372,10 @@ fn kubernetes_manifests_match_the_binary() {
     let issuer_file = "deploy/kubernetes/issuer.yaml";
     let icm = item(issuer_file, "ConfigMap");
     let icfg = issuer_config(icm["data"]["issuer.toml"].as_str().unwrap());
+    // Tokens exchanged from PATs are for the upstream the sidecars call
+    // (`[tokens] audience` of the ConfigMap's authproxy.toml).
+    assert!(toml_text.contains("audience = \"http://api:8300\""));
+    assert_eq!(icfg.tokens.audience, "http://api:8300");
     let service = item(issuer_file, "Service");
     let service_name = service["metadata"]["name"].as_str().unwrap();
     assert_eq!(icfg.issuer.url, format!("http://{service_name}:8400"));

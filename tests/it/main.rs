@@ -23,6 +23,7 @@ mod health;
 mod listen;
 mod openid_client;
 mod operations;
+mod pat;
 mod proxy;
 mod reload;
 mod remote;

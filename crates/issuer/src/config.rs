@@ -4,9 +4,9 @@
 //! key and the problem, so `authproxy issuer serve` can refuse to start
 //! (exit status 64) before it binds a port or opens the store.
 //!
-//! Sections used by later slices of the issuer (`[keys]`, `[tokens]`,
-//! `[credentials]`, `[pats]`, `[kubernetes]`) are parsed and validated now,
-//! so the shipped file is valid and a typo in them fails today.
+//! Sections used by later slices of the issuer (`[keys]`, `[credentials]`)
+//! are parsed and validated now, so the shipped file is valid and a typo in
+//! them fails today.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use authproxy_core::duration::parse_in as duration_in;
 
 use authproxy_core::grant::MAX_GRANT_LIFETIME;
+use authproxy_core::pat::MAX_PAT_LIFETIME;
 use authproxy_core::{Environment, WorkloadId};
 use serde::Deserialize;
 
@@ -29,6 +30,9 @@ pub const DEFAULT_STATE_DIR: &str = ".authproxy-issuer";
 pub const MIN_GRANT_TTL: Duration = Duration::from_secs(60);
 /// Longest grant lifetime a config may set (what verifiers accept).
 pub const MAX_GRANT_TTL: Duration = Duration::from_secs(MAX_GRANT_LIFETIME);
+/// Default and highest `[pats] max_valid_minutes`: 366 days, the longest
+/// lifetime verifiers accept for a PAT.
+pub const MAX_PAT_VALID_MINUTES: u64 = MAX_PAT_LIFETIME / 60;
 
 const DAY: u64 = 24 * 3600;
 
@@ -70,11 +74,11 @@ pub struct IssuerConfig {
     pub store: StoreConfig,
     /// `[keys]`: root-key rotation (used by a later slice).
     pub keys: KeysConfig,
-    /// `[tokens]`: tokens exchanged from PATs (used by a later slice).
+    /// `[tokens]`: tokens exchanged from PATs.
     pub tokens: TokensConfig,
     /// `[credentials]`: workload-credential rotation (used by a later slice).
     pub credentials: CredentialsConfig,
-    /// `[pats]`: personal access tokens (used by a later slice).
+    /// `[pats]`: personal access tokens.
     pub pats: PatsConfig,
     /// `[kubernetes]`, if sidecars may bootstrap with service-account tokens.
     pub kubernetes: Option<KubernetesConfig>,
@@ -165,7 +169,8 @@ pub struct CredentialsConfig {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct PatsConfig {
-    /// Longest lifetime a PAT may be created with, in minutes (default 527040, 366 days).
+    /// Longest lifetime a PAT may be created or updated with, in minutes
+    /// (1 to 527040, the default: 366 days).
     pub max_valid_minutes: u64,
 }
 
@@ -422,9 +427,14 @@ impl Validator<'_> {
             )?,
         };
 
-        let max_valid_minutes = raw.pats.max_valid_minutes.unwrap_or(527_040);
-        if max_valid_minutes == 0 {
-            return Err(self.invalid("pats.max_valid_minutes", "must be at least 1"));
+        let max_valid_minutes = raw.pats.max_valid_minutes.unwrap_or(MAX_PAT_VALID_MINUTES);
+        if !(1..=MAX_PAT_VALID_MINUTES).contains(&max_valid_minutes) {
+            return Err(self.invalid(
+                "pats.max_valid_minutes",
+                format!(
+                    "= {max_valid_minutes} is out of range: 1 to {MAX_PAT_VALID_MINUTES} (366 days, the longest a PAT lives)"
+                ),
+            ));
         }
 
         let kubernetes = raw.kubernetes.map(|k| self.kubernetes(k)).transpose()?;
@@ -823,6 +833,10 @@ mod tests {
             (
                 "[pats]\nmax_valid_minutes = 0\n",
                 "`pats.max_valid_minutes`",
+            ),
+            (
+                "[pats]\nmax_valid_minutes = 527041\n",
+                "`pats.max_valid_minutes` = 527041 is out of range",
             ),
             (
                 "[server]\nmax_connections = 0\n",

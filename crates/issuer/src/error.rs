@@ -8,6 +8,7 @@
 
 use authproxy_core::declarations::Problem;
 use authproxy_core::oauth::ErrorBody;
+use authproxy_core::pat::PatName;
 use authproxy_core::{Environment, WorkloadId};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -60,6 +61,20 @@ pub enum IssuerError {
     /// Return `409 Conflict` (`conflict`).
     #[error("the environment kept changing during sync; nothing was applied, try again")]
     SyncConflict,
+    /// A PAT of that name exists. Return `409 Conflict` (`name_taken`).
+    #[error(
+        "a personal access token named `{0}` exists; choose another name, or update or delete it"
+    )]
+    NameTaken(PatName),
+    /// No PAT of that name. Return `404 Not Found` (`not_found`).
+    #[error("no personal access token named `{0}`")]
+    PatNotFound(PatName),
+    /// Concurrent updates of the PAT kept replacing its version under this
+    /// one. Return `409 Conflict` (`conflict`).
+    #[error(
+        "personal access token `{0}` kept changing during the update; nothing was applied, try again"
+    )]
+    PatConflict(PatName),
     /// The store failed. Return `500 Internal Server Error`.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -76,9 +91,9 @@ impl IssuerError {
                 StatusCode::UNAUTHORIZED
             }
             Self::NotBound { .. } => StatusCode::FORBIDDEN,
-            Self::UnknownWorkload { .. } => StatusCode::NOT_FOUND,
+            Self::UnknownWorkload { .. } | Self::PatNotFound(_) => StatusCode::NOT_FOUND,
             Self::InvalidRequest(_) | Self::InvalidDeclarations(_) => StatusCode::BAD_REQUEST,
-            Self::SyncConflict => StatusCode::CONFLICT,
+            Self::SyncConflict | Self::NameTaken(_) | Self::PatConflict(_) => StatusCode::CONFLICT,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,7 +134,9 @@ impl IntoResponse for IssuerError {
                 }))
                 .into_response()
             }
-            Self::SyncConflict => body("conflict", self.to_string()),
+            Self::SyncConflict | Self::PatConflict(_) => body("conflict", self.to_string()),
+            Self::NameTaken(_) => body("name_taken", self.to_string()),
+            Self::PatNotFound(_) => body("not_found", self.to_string()),
             Self::Store(_) | Self::Internal(_) => {
                 tracing::error!(error = %self, "request failed");
                 body(
@@ -129,6 +146,96 @@ impl IntoResponse for IssuerError {
             }
         };
         *response.status_mut() = status;
+        response
+    }
+}
+
+/// Why the PAT exchange (`POST /oauth2/token`) refused or failed: the
+/// RFC 6749 §5.2 vocabulary of a token endpoint, answered with
+/// `Cache-Control: no-store` like every token endpoint answer.
+///
+/// Every client-authentication failure answers the same
+/// [`ExchangeError::InvalidClient`], whatever the reason (logged at debug
+/// with the PAT's name and id when known, never its value), so a caller
+/// learns nothing about which PATs exist.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExchangeError {
+    /// The request is malformed (not a form, a repeated parameter, two
+    /// client authentications, no `grant_type`).
+    /// Return `400 Bad Request` (`invalid_request`).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The body is over the limit. Return `413 Payload Too Large` (`invalid_request`).
+    #[error("the request body is too large")]
+    TooLarge,
+    /// `grant_type` is not `client_credentials`.
+    /// Return `400 Bad Request` (`unsupported_grant_type`).
+    #[error("{0}")]
+    UnsupportedGrantType(String),
+    /// No PAT, or one that is malformed, mistyped, unknown, revoked,
+    /// replaced by an update, expired, or bound to another environment.
+    /// Return `401 Unauthorized` (`invalid_client`; the route adds
+    /// `WWW-Authenticate: Basic` when the client authenticated with Basic).
+    #[error("client authentication failed: {0}")]
+    InvalidClient(String),
+    /// A requested scope is malformed or not covered by the PAT, or the PAT
+    /// covers nothing in its environment.
+    /// Return `400 Bad Request` (`invalid_scope`).
+    #[error("{0}")]
+    InvalidScope(String),
+    /// `resource` is not an absolute URI (RFC 8707 §2).
+    /// Return `400 Bad Request` (`invalid_target`).
+    #[error("{0}")]
+    InvalidTarget(String),
+    /// The store failed. Return `500 Internal Server Error` (`server_error`).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Signing or the random number generator failed.
+    /// Return `500 Internal Server Error` (`server_error`).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ExchangeError {
+    /// The HTTP status and the RFC 6749 §5.2 error code.
+    pub fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+            Self::UnsupportedGrantType(_) => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+            Self::InvalidClient(_) => (StatusCode::UNAUTHORIZED, "invalid_client"),
+            Self::InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            Self::InvalidTarget(_) => (StatusCode::BAD_REQUEST, "invalid_target"),
+            Self::Store(_) | Self::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "server_error")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ExchangeError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let description = match &self {
+            Self::InvalidClient(_) => {
+                // The reason, never the PAT.
+                tracing::debug!(reason = %self, "PAT exchange refused: invalid client");
+                "missing, malformed, unknown, revoked or expired personal access token".to_owned()
+            }
+            Self::Store(_) | Self::Internal(_) => {
+                tracing::error!(error = %self, "PAT exchange failed");
+                "internal error; the issuer's log has the detail".to_owned()
+            }
+            _ => {
+                tracing::debug!(error = code, reason = %self, "PAT exchange refused");
+                self.to_string()
+            }
+        };
+        let mut response = (status, axum::Json(ErrorBody::new(code, description))).into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
 }

@@ -8,6 +8,14 @@
 //! | `GET /.well-known/oauth-authorization-server` | anyone |
 //! | `POST /v1/sync?environment=E[&dry_run=true]` | admin token |
 //! | `POST /v1/grants` | workload credential or Kubernetes service-account token |
+//! | `POST /v1/grants/revoke` | admin token ([`pats`]) |
+//! | `POST`, `GET /v1/pats`; `GET`, `PATCH`, `DELETE /v1/pats/{name}` | admin token ([`pats`]) |
+//! | `POST /v1/pats/used` | anyone: a layer's report ([`pats`]) |
+//! | `GET /v1/revocations[?since=CURSOR]` | anyone ([`pats`]) |
+//! | `POST /oauth2/token` | a personal access token as client secret ([`token`]) |
+
+mod pats;
+mod token;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -39,6 +47,28 @@ pub fn router(issuer: Arc<Issuer>) -> Router {
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/v1/sync", post(sync))
         .route("/v1/grants", post(grants))
+        .route("/v1/grants/revoke", post(pats::revoke_grants))
+        .route("/v1/pats", post(pats::create).get(pats::list))
+        .route(
+            "/v1/pats/{name}",
+            get(pats::show).patch(pats::update).delete(pats::delete),
+        )
+        // A route of its own, so the PAT *named* `used` gets its verbs here.
+        .route(
+            "/v1/pats/used",
+            post(pats::used)
+                .layer(DefaultBodyLimit::max(pats::USED_BODY_BYTES))
+                .merge(
+                    get(pats::show_used)
+                        .patch(pats::update_used)
+                        .delete(pats::delete_used),
+                ),
+        )
+        .route("/v1/revocations", get(pats::revocations))
+        .route(
+            "/oauth2/token",
+            post(token::exchange).layer(DefaultBodyLimit::max(token::TOKEN_BODY_BYTES)),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(issuer)
 }

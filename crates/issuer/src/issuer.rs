@@ -1,6 +1,12 @@
 //! The issuer node: its root key, its store, and the use cases the HTTP
 //! routes call — publish keys, check the admin token, sync declarations,
-//! issue grants. Every method takes `now`; none reads the clock.
+//! issue grants; in [`pats`] personal access tokens, in [`exchange`] their
+//! exchange for access tokens, in [`revocations`] the revocation feed and
+//! grant revocation. Every method takes `now`; none reads the clock.
+
+pub mod exchange;
+pub mod pats;
+pub mod revocations;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +16,7 @@ use authproxy_core::declarations::Declarations;
 use authproxy_core::grant::{Grant, GrantRequest};
 use authproxy_core::keys::{Jwks, KeyError, PublicKey, SigningKey, random_id};
 use authproxy_core::root_key::{RootKeyError, load_or_create_root_key};
-use authproxy_core::{Environment, WorkloadId};
+use authproxy_core::{Environment, Subject, WorkloadId};
 use serde::{Serialize, Serializer};
 
 use crate::config::{IssuerConfig, StoreUrl};
@@ -157,6 +163,9 @@ pub struct Metadata {
     pub jwks_uri: String,
     /// The PAT exchange endpoint (DESIGN §9).
     pub token_endpoint: String,
+    /// How a client presents its PAT there: HTTP Basic or the form's
+    /// `client_secret` (RFC 8414 §2; the default would be Basic only).
+    pub token_endpoint_auth_methods_supported: Vec<&'static str>,
     /// `["client_credentials"]`.
     pub grant_types_supported: Vec<&'static str>,
     /// Empty: no authorization endpoint (required member, RFC 8414 §2).
@@ -238,6 +247,10 @@ impl Issuer {
             issuer: self.config.issuer.url.clone(),
             jwks_uri: self.config.jwks_uri(),
             token_endpoint: self.config.token_endpoint(),
+            token_endpoint_auth_methods_supported: vec![
+                "client_secret_basic",
+                "client_secret_post",
+            ],
             grant_types_supported: vec!["client_credentials"],
             response_types_supported: Vec::new(),
         }
@@ -436,7 +449,7 @@ impl Issuer {
             .record_grant(&GrantRecord {
                 jti: jti.clone(),
                 environment: environment.clone(),
-                workload: workload.clone(),
+                subject: Subject::Workload(workload.clone()),
                 identity,
                 bootstrap: caller.kind(),
                 root_kid: self.root_kid().to_owned(),

@@ -6,9 +6,11 @@
 //! # Layout
 //! - [`config`] — `config/issuer.toml` (+ `AUTHPROXY__SECTION__KEY`), validated; errors name file and key.
 //! - [`issuer`] — [`Issuer`]: one node; open (root key, node id, admin
-//!   token, store) and the use cases: JWKS, metadata, admin check, sync, grants.
+//!   token, store) and the use cases: JWKS, metadata, admin check, sync,
+//!   grants, personal access tokens, their exchange, the revocation feed.
 //! - [`http`] — [`router`]: the routes, mapping requests to use cases.
-//! - [`error`] — [`IssuerError`]: every refusal and failure, and its HTTP answer.
+//! - [`error`] — [`IssuerError`]: every refusal and failure, and its HTTP
+//!   answer; [`error::ExchangeError`] for the PAT exchange's OAuth answers.
 //! - [`kubernetes`] — the Kubernetes bootstrap: projected service-account
 //!   tokens verified against the cluster's JWKS, mapped through
 //!   `[[kubernetes.bindings]]`.
@@ -17,7 +19,8 @@
 //! - [`store`] — the [`store::Store`] trait (one method per use case, `now`
 //!   passed in) and its SQLite implementation; migrations in `migrations/sqlite/`.
 //! - [`secret`] — `ap_wc_…` workload credentials and `ap_admin_…` admin
-//!   tokens: generated, shown once, stored as SHA-256, compared in constant time.
+//!   tokens: generated, shown once, stored as SHA-256, compared in constant
+//!   time; the type that keeps PAT values and access tokens out of logs.
 //! - [`state_dir`] — the node's private files beside its root key: node id, admin token.
 //!
 //! Time is a parameter: every use case takes `now`; only the HTTP handlers
@@ -36,5 +39,8 @@ pub mod sync;
 pub use config::IssuerConfig;
 pub use error::IssuerError;
 pub use http::router;
+pub use issuer::exchange::{ExchangeRequest, Exchanged};
+pub use issuer::pats::{IssuedPat, NewPat, PatChange};
+pub use issuer::revocations::{Cursor, Feed};
 pub use issuer::{Issuer, OpenError};
 pub use state_dir::ADMIN_TOKEN_FILE;

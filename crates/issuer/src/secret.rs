@@ -53,6 +53,12 @@ impl Secret {
         ok.then(|| Self(value.to_owned()))
     }
 
+    /// A secret made elsewhere, such as a signed PAT value (`ap_pat_…`),
+    /// kept in this type so that it is never printed by accident.
+    pub fn issued(value: String) -> Self {
+        Self(value)
+    }
+
     /// The value, to hand out once or send.
     pub fn expose(&self) -> &str {
         &self.0

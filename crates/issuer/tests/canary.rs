@@ -1,6 +1,8 @@
-//! The canary: open, sync, grants and refusals run with every crate logging
-//! at TRACE into a buffer; afterwards no workload credential, Kubernetes
-//! service-account token, admin token or grant may appear in it.
+//! The canary: open, sync, grants, personal access tokens (create, update,
+//! exchange, delete) and refusals run with every crate logging at TRACE
+//! into a buffer; afterwards no workload credential, Kubernetes
+//! service-account token, admin token, grant, PAT value or exchanged access
+//! token may appear in it, nor in any refusal's body.
 //!
 //! Its own test binary: it installs the process-wide log subscriber, which
 //! must capture this test's flows and nothing else.
@@ -143,6 +145,110 @@ async fn no_secret_reaches_the_log() {
     assert_eq!(r.status(), 401);
     assert_eq!(grants.len(), 2, "the flows ran");
 
+    // Personal access tokens: every call's status is asserted, so the
+    // flows really ran; every refusal's body is kept to be searched too.
+    let mut refusals: Vec<String> = Vec::new();
+    let mut pat_values = Vec::new();
+    let r = client
+        .post(format!("{base}/v1/pats"))
+        .bearer_auth(admin)
+        .json(&json!({"name": "ci", "environment": "main", "valid_minutes": 60, "scopes": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    pat_values.push(created["value"].as_str().unwrap().to_owned());
+    let r = client
+        .patch(format!("{base}/v1/pats/ci"))
+        .bearer_auth(admin)
+        .json(&json!({"scopes": ["env:view"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let updated: Value = r.json().await.unwrap();
+    pat_values.push(updated["value"].as_str().unwrap().to_owned());
+    let (old, current) = (pat_values[0].clone(), pat_values[1].clone());
+    let typo = {
+        let (head, last) = current.split_at(current.len() - 1);
+        format!("{head}{}", if last == "A" { "B" } else { "A" })
+    };
+    let mut access_tokens = Vec::new();
+    for (secret, basic, status) in [
+        (current.as_str(), false, 200),
+        (current.as_str(), true, 200),
+        (old.as_str(), false, 401),
+        (old.as_str(), true, 401),
+        (typo.as_str(), false, 401),
+        (typo.as_str(), true, 401),
+    ] {
+        let mut req = client
+            .post(format!("{base}/oauth2/token"))
+            .header("content-type", "application/x-www-form-urlencoded");
+        req = if basic {
+            req.basic_auth("ci", Some(secret))
+                .body("grant_type=client_credentials")
+        } else {
+            req.body(format!(
+                "grant_type=client_credentials&client_secret={secret}"
+            ))
+        };
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), status);
+        let text = r.text().await.unwrap();
+        if status == 200 {
+            let body: Value = serde_json::from_str(&text).unwrap();
+            access_tokens.push(body["access_token"].as_str().unwrap().to_owned());
+        } else {
+            refusals.push(text);
+        }
+    }
+    // A refused scope, with a good PAT.
+    let r = client
+        .post(format!("{base}/oauth2/token"))
+        .basic_auth("ci", Some(&current))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials&scope=task:operate:nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    refusals.push(r.text().await.unwrap());
+    let r = client
+        .post(format!("{base}/v1/pats/used"))
+        .json(&json!({"ids": [updated["pat"]["id"]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = client
+        .delete(format!("{base}/v1/pats/ci"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = client
+        .post(format!("{base}/oauth2/token"))
+        .basic_auth("ci", Some(&current))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    refusals.push(r.text().await.unwrap());
+    let r = client
+        .get(format!("{base}/v1/revocations"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let feed: Value = r.json().await.unwrap();
+    assert_eq!(feed["revocations"].as_array().unwrap().len(), 2);
+    assert_eq!(access_tokens.len(), 2, "the exchanges ran");
+
     let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     assert!(log.contains("grant issued"), "the log was captured");
     assert!(
@@ -153,7 +259,11 @@ async fn no_secret_reaches_the_log() {
         log.contains("service_account=main:web") && log.contains("pod=\"web-0\""),
         "with its service account and pod"
     );
-    for secret in [
+    assert!(
+        log.contains("PAT exchanged for an access token") && log.contains("pat=ci"),
+        "the exchange was logged, by name"
+    );
+    let secrets = [
         credential.as_str(),
         admin,
         wrong_admin.as_str(),
@@ -162,12 +272,22 @@ async fn no_secret_reaches_the_log() {
         &web_sa,
         &batch_sa,
         &wrong_aud_sa,
-    ] {
+    ]
+    .into_iter()
+    .chain(pat_values.iter().map(String::as_str))
+    .chain([typo.as_str()])
+    .chain(access_tokens.iter().map(String::as_str));
+    for secret in secrets {
         let tail = &secret[secret.len() - 20..];
         assert!(!log.contains(tail), "a secret reached the log");
+        for body in &refusals {
+            assert!(!body.contains(tail), "a secret reached a refusal: {body}");
+        }
     }
-    for marker in ["ap_wc_", "ap_admin_", "eyJ"] {
+    for marker in ["ap_wc_", "ap_admin_", "ap_pat_", "eyJ"] {
         let line = log.lines().find(|l| l.contains(marker));
         assert!(line.is_none(), "`{marker}` reached the log: {line:?}");
+        let body = refusals.iter().find(|b| b.contains(marker));
+        assert!(body.is_none(), "`{marker}` reached a refusal: {body:?}");
     }
 }

@@ -8,6 +8,8 @@
 //! transaction per call, and a sync is applied only if the environment is
 //! still at the version it was planned against (optimistic locking: a plain
 //! `UPDATE … WHERE version = ?` that works the same on every SQL database).
+//! A PAT update is guarded the same way, by the version id (`jti`) it
+//! replaces.
 
 mod sqlite;
 
@@ -16,7 +18,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use authproxy_core::keys::PublicKey;
-use authproxy_core::{Environment, ScopeSet, WorkloadId};
+use authproxy_core::pat::PatName;
+use authproxy_core::{Environment, ScopeSet, Scopes, Subject, WorkloadId};
 
 use crate::secret::SecretHash;
 
@@ -202,6 +205,8 @@ pub enum BootstrapKind {
     WorkloadCredential,
     /// A Kubernetes projected service-account token.
     KubernetesServiceAccount,
+    /// A personal access token, exchanged at `POST /oauth2/token`.
+    Pat,
 }
 
 impl BootstrapKind {
@@ -210,6 +215,7 @@ impl BootstrapKind {
         match self {
             Self::WorkloadCredential => "workload_credential",
             Self::KubernetesServiceAccount => "kubernetes",
+            Self::Pat => "pat",
         }
     }
 }
@@ -221,9 +227,10 @@ pub struct GrantRecord {
     pub jti: String,
     /// The environment.
     pub environment: Environment,
-    /// The workload.
-    pub workload: WorkloadId,
-    /// The identity that asked.
+    /// Who it is for: a workload, or `pat:<name>` for the grant under a
+    /// token exchanged from a PAT (stored in the `workload` column).
+    pub subject: Subject,
+    /// The identity that asked (`pat:<name>` for a PAT).
     pub identity: String,
     /// How it proved it.
     pub bootstrap: BootstrapKind,
@@ -233,6 +240,116 @@ pub struct GrantRecord {
     pub issued_at: u64,
     /// Expiry (unix seconds).
     pub expires_at: u64,
+}
+
+/// A personal access token as the issuer keeps it: never its value, only
+/// what it needs to show, recognise and revoke it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatRecord {
+    /// Its name, unique within the issuer.
+    pub name: PatName,
+    /// The environment it is bound to.
+    pub environment: Environment,
+    /// Its scopes, wildcards included.
+    pub scopes: Scopes,
+    /// The current version's id (the value's `jti`); an update issues a new one.
+    pub jti: String,
+    /// Created at (unix seconds).
+    pub created_at: u64,
+    /// Last given a new value (unix seconds).
+    pub updated_at: u64,
+    /// Expiry of the current version (unix seconds).
+    pub expires_at: u64,
+    /// Last reported used (unix seconds, at most once a minute), if ever.
+    pub last_used_at: Option<u64>,
+}
+
+/// Whether [`Store::create_pat`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum PatCreated {
+    /// Stored.
+    Created,
+    /// A PAT of that name exists: nothing was written.
+    NameTaken,
+}
+
+/// A new version of a PAT, replacing the version `previous_jti`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatUpdate {
+    /// The PAT.
+    pub name: PatName,
+    /// The version it replaces, as read before the new value was signed.
+    pub previous_jti: String,
+    /// The new version's id.
+    pub jti: String,
+    /// The new version's scopes.
+    pub scopes: Scopes,
+    /// The new version's expiry (unix seconds).
+    pub expires_at: u64,
+}
+
+/// Whether [`Store::update_pat`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum PatUpdated {
+    /// The new version is current; the previous one is on the revocation feed.
+    Updated,
+    /// The PAT is gone, or its current version is no longer `previous_jti`
+    /// (a concurrent update): nothing was written.
+    Changed,
+}
+
+/// What a revocation entry names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum RevocationKind {
+    /// A PAT version, by its `jti` (and so every token exchanged from it).
+    Pat,
+    /// A grant, by its `jti` (and so every token minted under it).
+    Grant,
+}
+
+impl RevocationKind {
+    /// The name stored and published.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pat => "pat",
+            Self::Grant => "grant",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pat" => Some(Self::Pat),
+            "grant" => Some(Self::Grant),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the revocation feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationRecord {
+    /// Its place in the feed (the cursor).
+    pub seq: u64,
+    /// What it names.
+    pub kind: RevocationKind,
+    /// The revoked PAT version's or grant's `jti`.
+    pub id: String,
+    /// When what it names expires anyway (unix seconds): after that the
+    /// entry leaves the feed.
+    pub expires_at: u64,
+}
+
+/// A read of the revocation feed: [`Store::revocations_after`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationsAfter {
+    /// The entries after the cursor that are unexpired, in `seq` order.
+    pub entries: Vec<RevocationRecord>,
+    /// The highest `seq` in the store, expired entries included (0 when
+    /// there has never been one), read in the same snapshot.
+    pub newest: u64,
 }
 
 /// The issuer's state. See the module doc for the rules implementations
@@ -278,6 +395,63 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         workload: &'a WorkloadId,
     ) -> StoreFuture<'a, Option<WorkloadRecord>>;
 
-    /// Records a grant issued (for the log of grants and, later, revocation).
+    /// Records a grant issued (for the log of grants and for
+    /// [`Store::revoke_workload_grants`]).
     fn record_grant<'a>(&'a self, grant: &'a GrantRecord) -> StoreFuture<'a, ()>;
+
+    /// Stores a new PAT, unless one of that name exists.
+    fn create_pat<'a>(&'a self, pat: &'a PatRecord) -> StoreFuture<'a, PatCreated>;
+
+    /// A PAT by name.
+    fn pat<'a>(&'a self, name: &'a PatName) -> StoreFuture<'a, Option<PatRecord>>;
+
+    /// Every PAT, by name.
+    fn pats(&self) -> StoreFuture<'_, Vec<PatRecord>>;
+
+    /// The PAT whose *current* version is `jti` (none for a version
+    /// replaced by an update, or deleted).
+    fn pat_by_jti<'a>(&'a self, jti: &'a str) -> StoreFuture<'a, Option<PatRecord>>;
+
+    /// Makes `update` the PAT's current version (`updated_at` = `now`) and
+    /// appends the version it replaces to the revocation feed (expiring
+    /// with that version), in one transaction, only if the current version
+    /// is still `update.previous_jti`.
+    fn update_pat<'a>(&'a self, update: &'a PatUpdate, now: u64) -> StoreFuture<'a, PatUpdated>;
+
+    /// Deletes a PAT and appends its current version to the revocation
+    /// feed, in one transaction; returns what was deleted (none: no such PAT).
+    fn delete_pat<'a>(&'a self, name: &'a PatName, now: u64) -> StoreFuture<'a, Option<PatRecord>>;
+
+    /// Sets `last_used_at` = `now` on the PATs whose current version is one
+    /// of `jtis`, unless it was set less than a minute ago (the store is
+    /// written at most once a minute per PAT, however often it is used).
+    /// Unknown ids are ignored.
+    fn touch_pats<'a>(&'a self, jtis: &'a [String], now: u64) -> StoreFuture<'a, ()>;
+
+    /// The revocation feed after `after` (0: from the start): entries with
+    /// a greater `seq`, unexpired at `now`, in `seq` order, and the newest
+    /// `seq`, in one consistent read.
+    ///
+    /// The cursor must never pass an entry that is not visible yet: an
+    /// entry committed later with a *smaller* `seq` would never be
+    /// delivered. SQLite has one writer at a time, so `seq` order is commit
+    /// order; a backend whose sequence can commit out of order (PostgreSQL)
+    /// must serialise the transactions that append to the feed (e.g. a
+    /// transaction-scoped advisory lock taken first).
+    fn revocations_after(&self, after: u64, now: u64) -> StoreFuture<'_, RevocationsAfter>;
+
+    /// Appends every grant of the workload that is still unexpired at `now`
+    /// and not yet revoked to the revocation feed, in one transaction;
+    /// returns how many it appended.
+    fn revoke_workload_grants<'a>(
+        &'a self,
+        environment: &'a Environment,
+        workload: &'a WorkloadId,
+        now: u64,
+    ) -> StoreFuture<'a, u64>;
+
+    /// Deletes the revocation entries that expired by `now` (they name
+    /// nothing that could still verify), keeping the newest entry so that
+    /// the newest `seq` never goes back; returns how many it deleted.
+    fn prune_revocations(&self, now: u64) -> StoreFuture<'_, u64>;
 }

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use authproxy_core::keys::PublicKey;
-use authproxy_core::{Environment, ScopeSet, WorkloadId};
+use authproxy_core::pat::PatName;
+use authproxy_core::{Environment, ScopeSet, Scopes, WorkloadId};
 use jsonwebtoken::jwk::Jwk;
 use sqlx::Row as _;
 use sqlx::sqlite::{
@@ -19,8 +20,9 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    CredentialOwner, GrantRecord, IdentityRecord, RootKeyRecord, RootKeyState, Store, StoreError,
-    StoreFuture, SyncApplied, SyncChanges, SyncState, WorkloadRecord,
+    CredentialOwner, GrantRecord, IdentityRecord, PatCreated, PatRecord, PatUpdate, PatUpdated,
+    RevocationKind, RevocationRecord, RevocationsAfter, RootKeyRecord, RootKeyState, Store,
+    StoreError, StoreFuture, SyncApplied, SyncChanges, SyncState, WorkloadRecord,
 };
 use crate::secret::SecretHash;
 
@@ -123,6 +125,28 @@ fn workload_record(row: &SqliteRow) -> Result<WorkloadRecord, StoreError> {
         removed: row.try_get("removed")?,
     })
 }
+
+fn pat_record(row: &SqliteRow) -> Result<PatRecord, StoreError> {
+    let name: String = row.try_get("name")?;
+    let scopes: String = row.try_get("scopes")?;
+    let last_used_at: Option<i64> = row.try_get("last_used_at")?;
+    Ok(PatRecord {
+        name: PatName::parse(&name).map_err(|e| corrupt("PAT name", e))?,
+        environment: environment(row.try_get("environment")?)?,
+        scopes: Scopes::parse(&scopes).map_err(|e| corrupt("PAT scopes", e))?,
+        jti: row.try_get("jti")?,
+        created_at: from_ts(row.try_get("created_at")?),
+        updated_at: from_ts(row.try_get("updated_at")?),
+        expires_at: from_ts(row.try_get("expires_at")?),
+        last_used_at: last_used_at.map(from_ts),
+    })
+}
+
+const SELECT_PATS: &str = "SELECT name, environment, scopes, jti, created_at, updated_at, \
+     expires_at, last_used_at FROM pats";
+
+/// How often at most a PAT's `last_used_at` is written.
+const TOUCH_INTERVAL: u64 = 60;
 
 /// The workloads of an environment, each with its identity's ceiling.
 macro_rules! select_workloads {
@@ -402,7 +426,7 @@ impl Store for SqliteStore {
             )
             .bind(&grant.jti)
             .bind(grant.environment.as_str())
-            .bind(grant.workload.to_string())
+            .bind(grant.subject.to_string())
             .bind(&grant.identity)
             .bind(grant.bootstrap.as_str())
             .bind(&grant.root_kid)
@@ -413,6 +437,254 @@ impl Store for SqliteStore {
             Ok(())
         })
     }
+
+    fn create_pat<'a>(&'a self, pat: &'a PatRecord) -> StoreFuture<'a, PatCreated> {
+        Box::pin(async move {
+            let inserted = sqlx::query(
+                "INSERT INTO pats \
+                 (name, environment, scopes, jti, created_at, updated_at, expires_at, last_used_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(pat.name.as_str())
+            .bind(pat.environment.as_str())
+            .bind(pat.scopes.to_string())
+            .bind(&pat.jti)
+            .bind(ts(pat.created_at))
+            .bind(ts(pat.updated_at))
+            .bind(ts(pat.expires_at))
+            .execute(&self.pool)
+            .await?;
+            Ok(if inserted.rows_affected() == 1 {
+                PatCreated::Created
+            } else {
+                PatCreated::NameTaken
+            })
+        })
+    }
+
+    fn pat<'a>(&'a self, name: &'a PatName) -> StoreFuture<'a, Option<PatRecord>> {
+        Box::pin(async move {
+            let row = sqlx::query(&format!("{SELECT_PATS} WHERE name = ?"))
+                .bind(name.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(pat_record).transpose()
+        })
+    }
+
+    fn pats(&self) -> StoreFuture<'_, Vec<PatRecord>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&format!("{SELECT_PATS} ORDER BY name"))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(pat_record).collect()
+        })
+    }
+
+    fn pat_by_jti<'a>(&'a self, jti: &'a str) -> StoreFuture<'a, Option<PatRecord>> {
+        Box::pin(async move {
+            let row = sqlx::query(&format!("{SELECT_PATS} WHERE jti = ?"))
+                .bind(jti)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(pat_record).transpose()
+        })
+    }
+
+    fn update_pat<'a>(&'a self, update: &'a PatUpdate, now: u64) -> StoreFuture<'a, PatUpdated> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let previous_expiry: Option<i64> =
+                sqlx::query_scalar("SELECT expires_at FROM pats WHERE name = ? AND jti = ?")
+                    .bind(update.name.as_str())
+                    .bind(&update.previous_jti)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(previous_expiry) = previous_expiry else {
+                tx.rollback().await?;
+                return Ok(PatUpdated::Changed);
+            };
+            // Guarded by the version it replaces: of two concurrent updates
+            // one writes, the other changes nothing (and its value is never
+            // handed out).
+            let updated = sqlx::query(
+                "UPDATE pats SET jti = ?, scopes = ?, expires_at = ?, updated_at = ? \
+                 WHERE name = ? AND jti = ?",
+            )
+            .bind(&update.jti)
+            .bind(update.scopes.to_string())
+            .bind(ts(update.expires_at))
+            .bind(ts(now))
+            .bind(update.name.as_str())
+            .bind(&update.previous_jti)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(PatUpdated::Changed);
+            }
+            insert_revocation(
+                &mut tx,
+                RevocationKind::Pat,
+                &update.previous_jti,
+                previous_expiry,
+                now,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(PatUpdated::Updated)
+        })
+    }
+
+    fn delete_pat<'a>(&'a self, name: &'a PatName, now: u64) -> StoreFuture<'a, Option<PatRecord>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let row = sqlx::query(&format!("{SELECT_PATS} WHERE name = ?"))
+                .bind(name.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(record) = row.as_ref().map(pat_record).transpose()? else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            let deleted = sqlx::query("DELETE FROM pats WHERE name = ? AND jti = ?")
+                .bind(name.as_str())
+                .bind(&record.jti)
+                .execute(&mut *tx)
+                .await?;
+            if deleted.rows_affected() != 1 {
+                // Updated or deleted since the read: nothing to answer for.
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            insert_revocation(
+                &mut tx,
+                RevocationKind::Pat,
+                &record.jti,
+                ts(record.expires_at),
+                now,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(Some(record))
+        })
+    }
+
+    fn touch_pats<'a>(&'a self, jtis: &'a [String], now: u64) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if jtis.is_empty() {
+                return Ok(());
+            }
+            // One transaction: one commit (one fsync) per report, not per id.
+            let mut tx = self.pool.begin().await?;
+            for jti in jtis {
+                sqlx::query(
+                    "UPDATE pats SET last_used_at = ? \
+                     WHERE jti = ? AND (last_used_at IS NULL OR last_used_at <= ?)",
+                )
+                .bind(ts(now))
+                .bind(jti)
+                .bind(ts(now.saturating_sub(TOUCH_INTERVAL)))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn revocations_after(&self, after: u64, now: u64) -> StoreFuture<'_, RevocationsAfter> {
+        Box::pin(async move {
+            // One read transaction: the entries and the newest seq agree.
+            let mut tx = self.pool.begin().await?;
+            let rows = sqlx::query(
+                "SELECT seq, kind, id, expires_at FROM revocations \
+                 WHERE seq > ? AND expires_at > ? ORDER BY seq",
+            )
+            .bind(ts(after))
+            .bind(ts(now))
+            .fetch_all(&mut *tx)
+            .await?;
+            let newest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM revocations")
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            let entries = rows
+                .iter()
+                .map(|row| {
+                    let kind: String = row.try_get("kind")?;
+                    Ok(RevocationRecord {
+                        seq: from_ts(row.try_get("seq")?),
+                        kind: RevocationKind::parse(&kind)
+                            .ok_or_else(|| corrupt("revocation kind", kind))?,
+                        id: row.try_get("id")?,
+                        expires_at: from_ts(row.try_get("expires_at")?),
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?;
+            Ok(RevocationsAfter {
+                entries,
+                newest: from_ts(newest),
+            })
+        })
+    }
+
+    fn revoke_workload_grants<'a>(
+        &'a self,
+        env: &'a Environment,
+        workload: &'a WorkloadId,
+        now: u64,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            // One statement: atomic on its own.
+            let revoked = sqlx::query(
+                "INSERT INTO revocations (kind, id, expires_at, revoked_at) \
+                 SELECT 'grant', g.jti, g.expires_at, ? FROM grants g \
+                 WHERE g.environment = ? AND g.workload = ? AND g.expires_at > ? \
+                 AND NOT EXISTS (SELECT 1 FROM revocations r \
+                                 WHERE r.kind = 'grant' AND r.id = g.jti) \
+                 ORDER BY g.issued_at, g.jti",
+            )
+            .bind(ts(now))
+            .bind(env.as_str())
+            .bind(workload.to_string())
+            .bind(ts(now))
+            .execute(&self.pool)
+            .await?;
+            Ok(revoked.rows_affected())
+        })
+    }
+
+    fn prune_revocations(&self, now: u64) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let pruned = sqlx::query(
+                "DELETE FROM revocations WHERE expires_at <= ? \
+                 AND seq < (SELECT MAX(seq) FROM revocations)",
+            )
+            .bind(ts(now))
+            .execute(&self.pool)
+            .await?;
+            Ok(pruned.rows_affected())
+        })
+    }
+}
+
+/// Appends one entry to the revocation feed, inside `tx`.
+async fn insert_revocation(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    kind: RevocationKind,
+    id: &str,
+    expires_at: i64,
+    now: u64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO revocations (kind, id, expires_at, revoked_at) VALUES (?, ?, ?, ?)")
+        .bind(kind.as_str())
+        .bind(id)
+        .bind(expires_at)
+        .bind(ts(now))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -497,5 +769,273 @@ mod tests {
         store.add_admin_token(&token.hash(), 7).await.unwrap();
         store.add_admin_token(&token.hash(), 8).await.unwrap();
         assert_eq!(store.admin_token_hashes(9).await.unwrap(), [token.hash()]);
+    }
+}
+
+#[cfg(test)]
+mod pat_tests {
+    use super::*;
+    use crate::store::BootstrapKind;
+    use authproxy_core::Subject;
+
+    const T0: u64 = 1_700_000_000;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("issuer.db"))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn pat(name: &str, jti: &str, expires_at: u64) -> PatRecord {
+        PatRecord {
+            name: PatName::parse(name).unwrap(),
+            environment: Environment::parse("main").unwrap(),
+            scopes: Scopes::parse("task:operate:* env:view").unwrap(),
+            jti: jti.into(),
+            created_at: T0,
+            updated_at: T0,
+            expires_at,
+            last_used_at: None,
+        }
+    }
+
+    async fn create(store: &SqliteStore, pat: &PatRecord) {
+        assert_eq!(store.create_pat(pat).await.unwrap(), PatCreated::Created);
+    }
+
+    fn ids(feed: &RevocationsAfter) -> Vec<(u64, &str, &str)> {
+        feed.entries
+            .iter()
+            .map(|e| (e.seq, e.kind.as_str(), e.id.as_str()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_name_is_taken_once_and_a_pat_is_found_by_name_and_current_id() {
+        let (_dir, store) = store().await;
+        let ci = pat("ci", "j1", T0 + 600);
+        assert_eq!(store.create_pat(&ci).await.unwrap(), PatCreated::Created);
+        let again = pat("ci", "j2", T0 + 600);
+        assert_eq!(
+            store.create_pat(&again).await.unwrap(),
+            PatCreated::NameTaken
+        );
+        create(&store, &pat("a.b", "j3", T0 + 60)).await;
+
+        assert_eq!(store.pat(&ci.name).await.unwrap(), Some(ci.clone()));
+        assert_eq!(store.pat_by_jti("j1").await.unwrap(), Some(ci.clone()));
+        assert_eq!(store.pat_by_jti("j2").await.unwrap(), None);
+        let names: Vec<String> = store
+            .pats()
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.name.to_string())
+            .collect();
+        assert_eq!(names, ["a.b", "ci"]);
+    }
+
+    #[tokio::test]
+    async fn an_update_replaces_the_version_it_read_and_puts_that_one_on_the_feed() {
+        let (_dir, store) = store().await;
+        let ci = pat("ci", "v1", T0 + 600);
+        create(&store, &ci).await;
+        let update = |previous: &str, jti: &str| PatUpdate {
+            name: ci.name.clone(),
+            previous_jti: previous.into(),
+            jti: jti.into(),
+            scopes: Scopes::parse("env:view").unwrap(),
+            expires_at: T0 + 900,
+        };
+        assert_eq!(
+            store
+                .update_pat(&update("v1", "v2"), T0 + 10)
+                .await
+                .unwrap(),
+            PatUpdated::Updated
+        );
+        // A concurrent update that read v1 too writes nothing.
+        assert_eq!(
+            store
+                .update_pat(&update("v1", "v3"), T0 + 11)
+                .await
+                .unwrap(),
+            PatUpdated::Changed
+        );
+        let now = store.pat(&ci.name).await.unwrap().unwrap();
+        assert_eq!((now.jti.as_str(), now.expires_at), ("v2", T0 + 900));
+        assert_eq!((now.created_at, now.updated_at), (T0, T0 + 10));
+        assert_eq!(now.scopes.to_string(), "env:view");
+        assert_eq!(store.pat_by_jti("v1").await.unwrap(), None);
+
+        let feed = store.revocations_after(0, T0 + 20).await.unwrap();
+        assert_eq!(ids(&feed), [(1, "pat", "v1")]);
+        // It expires with the version it names.
+        assert_eq!(feed.entries[0].expires_at, T0 + 600);
+        let unknown = PatUpdate {
+            name: PatName::parse("nope").unwrap(),
+            ..update("v2", "v4")
+        };
+        assert_eq!(
+            store.update_pat(&unknown, T0).await.unwrap(),
+            PatUpdated::Changed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_delete_removes_the_pat_and_puts_its_version_on_the_feed() {
+        let (_dir, store) = store().await;
+        let ci = pat("ci", "v1", T0 + 600);
+        create(&store, &ci).await;
+        assert_eq!(
+            store.delete_pat(&ci.name, T0 + 5).await.unwrap(),
+            Some(ci.clone())
+        );
+        assert_eq!(store.delete_pat(&ci.name, T0 + 6).await.unwrap(), None);
+        assert_eq!(store.pat(&ci.name).await.unwrap(), None);
+        let feed = store.revocations_after(0, T0 + 7).await.unwrap();
+        assert_eq!(ids(&feed), [(1, "pat", "v1")]);
+        // The name is free again.
+        let again = pat("ci", "v2", T0 + 600);
+        assert_eq!(store.create_pat(&again).await.unwrap(), PatCreated::Created);
+    }
+
+    #[tokio::test]
+    async fn last_used_is_written_at_most_once_a_minute_and_only_for_current_versions() {
+        let (_dir, store) = store().await;
+        let ci = pat("ci", "v1", T0 + 6000);
+        create(&store, &ci).await;
+        let last_used = || async { store.pat(&ci.name).await.unwrap().unwrap().last_used_at };
+        let reported = |ids: &[&str]| ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+        store
+            .touch_pats(&reported(&["v1", "unknown"]), T0 + 100)
+            .await
+            .unwrap();
+        assert_eq!(last_used().await, Some(T0 + 100));
+        store
+            .touch_pats(&reported(&["v1"]), T0 + 159)
+            .await
+            .unwrap();
+        assert_eq!(last_used().await, Some(T0 + 100), "within the minute");
+        store
+            .touch_pats(&reported(&["v1"]), T0 + 160)
+            .await
+            .unwrap();
+        assert_eq!(last_used().await, Some(T0 + 160));
+        store.touch_pats(&[], T0 + 999).await.unwrap();
+        assert_eq!(last_used().await, Some(T0 + 160));
+
+        let update = PatUpdate {
+            name: ci.name.clone(),
+            previous_jti: "v1".into(),
+            jti: "v2".into(),
+            scopes: ci.scopes.clone(),
+            expires_at: ci.expires_at,
+        };
+        assert_eq!(
+            store.update_pat(&update, T0 + 200).await.unwrap(),
+            PatUpdated::Updated
+        );
+        store
+            .touch_pats(&reported(&["v1"]), T0 + 1000)
+            .await
+            .unwrap();
+        assert_eq!(
+            last_used().await,
+            Some(T0 + 160),
+            "a revoked version touches nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_feed_reads_after_a_cursor_without_expired_entries_and_pruning_keeps_the_newest() {
+        let (_dir, store) = store().await;
+        let empty = store.revocations_after(0, T0).await.unwrap();
+        assert_eq!((empty.entries.len(), empty.newest), (0, 0));
+        for (name, expires_at) in [("a", T0 + 100), ("b", T0 + 300), ("c", T0 + 200)] {
+            create(&store, &pat(name, name, expires_at)).await;
+            store
+                .delete_pat(&PatName::parse(name).unwrap(), T0)
+                .await
+                .unwrap();
+        }
+        let all = store.revocations_after(0, T0 + 1).await.unwrap();
+        assert_eq!(
+            ids(&all),
+            [(1, "pat", "a"), (2, "pat", "b"), (3, "pat", "c")]
+        );
+        assert_eq!(all.newest, 3);
+        let after_one = store.revocations_after(1, T0 + 1).await.unwrap();
+        assert_eq!(ids(&after_one), [(2, "pat", "b"), (3, "pat", "c")]);
+        // `a` expired at T0 + 100, `c` at T0 + 200: gone from the feed.
+        let later = store.revocations_after(0, T0 + 200).await.unwrap();
+        assert_eq!(ids(&later), [(2, "pat", "b")]);
+        assert_eq!(later.newest, 3);
+
+        // Pruning at T0 + 200 deletes `a` but keeps `c`, the newest, so the
+        // newest seq never goes back.
+        assert_eq!(store.prune_revocations(T0 + 200).await.unwrap(), 1);
+        assert_eq!(store.revocations_after(0, T0 + 1).await.unwrap().newest, 3);
+        assert_eq!(store.prune_revocations(T0 + 10_000).await.unwrap(), 1);
+        let pruned = store.revocations_after(0, T0).await.unwrap();
+        assert_eq!((ids(&pruned), pruned.newest), (vec![(3, "pat", "c")], 3));
+        // A later entry still gets a higher seq.
+        create(&store, &pat("d", "d", T0 + 500)).await;
+        store
+            .delete_pat(&PatName::parse("d").unwrap(), T0)
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(&store.revocations_after(3, T0).await.unwrap()),
+            [(4, "pat", "d")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_workloads_live_grants_are_revoked_once() {
+        let (_dir, store) = store().await;
+        let main = Environment::parse("main").unwrap();
+        let web: WorkloadId = "app/web".parse().unwrap();
+        let grant = |jti: &str, environment: &str, subject: &str, expires_at: u64| GrantRecord {
+            jti: jti.into(),
+            environment: Environment::parse(environment).unwrap(),
+            subject: subject.parse::<Subject>().unwrap(),
+            identity: subject.into(),
+            bootstrap: BootstrapKind::WorkloadCredential,
+            root_kid: "kid".into(),
+            issued_at: T0,
+            expires_at,
+        };
+        for g in [
+            grant("live1", "main", "app/web", T0 + 100),
+            grant("live2", "main", "app/web", T0 + 200),
+            grant("expired", "main", "app/web", T0 + 10),
+            grant("other-env", "staging", "app/web", T0 + 100),
+            grant("other-workload", "main", "task/x", T0 + 100),
+            grant("a-pat", "main", "pat:web", T0 + 100),
+        ] {
+            store.record_grant(&g).await.unwrap();
+        }
+        assert_eq!(
+            store
+                .revoke_workload_grants(&main, &web, T0 + 50)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            store
+                .revoke_workload_grants(&main, &web, T0 + 51)
+                .await
+                .unwrap(),
+            0,
+            "already revoked"
+        );
+        let feed = store.revocations_after(0, T0 + 50).await.unwrap();
+        assert_eq!(ids(&feed), [(1, "grant", "live1"), (2, "grant", "live2")]);
+        assert_eq!(feed.entries[1].expires_at, T0 + 200);
     }
 }
