@@ -60,6 +60,13 @@ pub enum IssuerError {
     /// Return `409 Conflict` (`conflict`).
     #[error("the environment kept changing during sync; nothing was applied, try again")]
     SyncConflict,
+    /// No such credential or task. Return `404 Not Found` (`not_found`).
+    #[error("{0}")]
+    NotFound(String),
+    /// The task is final (`credentials_created`, `credentials_deleted`,
+    /// `failed`) and accepts no update. Return `409 Conflict` (`conflict`).
+    #[error("the task is {0}, which is final: it can no longer be cancelled or changed")]
+    TaskFinal(crate::tasks::model::TaskStatus),
     /// The store failed. Return `500 Internal Server Error`.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -76,7 +83,8 @@ impl IssuerError {
                 StatusCode::UNAUTHORIZED
             }
             Self::NotBound { .. } => StatusCode::FORBIDDEN,
-            Self::UnknownWorkload { .. } => StatusCode::NOT_FOUND,
+            Self::UnknownWorkload { .. } | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::TaskFinal(_) => StatusCode::CONFLICT,
             Self::InvalidRequest(_) | Self::InvalidDeclarations(_) => StatusCode::BAD_REQUEST,
             Self::SyncConflict => StatusCode::CONFLICT,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -119,7 +127,8 @@ impl IntoResponse for IssuerError {
                 }))
                 .into_response()
             }
-            Self::SyncConflict => body("conflict", self.to_string()),
+            Self::SyncConflict | Self::TaskFinal(_) => body("conflict", self.to_string()),
+            Self::NotFound(_) => body("not_found", self.to_string()),
             Self::Store(_) | Self::Internal(_) => {
                 tracing::error!(error = %self, "request failed");
                 body(

@@ -8,6 +8,7 @@
 //! | `GET /.well-known/oauth-authorization-server` | anyone |
 //! | `POST /v1/sync?environment=E[&dry_run=true]` | admin token |
 //! | `POST /v1/grants` | workload credential or Kubernetes service-account token |
+//! | `/v1/credentials…` ([`credentials`]) | admin token |
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+mod credentials;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -39,6 +42,14 @@ pub fn router(issuer: Arc<Issuer>) -> Router {
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/v1/sync", post(sync))
         .route("/v1/grants", post(grants))
+        .route("/v1/credentials", get(credentials::list))
+        .route("/v1/credentials/{id}", get(credentials::show))
+        .route("/v1/credentials/{id}/rotate", post(credentials::rotate))
+        .route("/v1/credentials/{id}/tasks", get(credentials::tasks))
+        .route(
+            "/v1/credentials/{id}/tasks/{task_id}",
+            get(credentials::task).delete(credentials::cancel),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(issuer)
 }

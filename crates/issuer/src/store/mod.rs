@@ -9,6 +9,7 @@
 //! still at the version it was planned against (optimistic locking: a plain
 //! `UPDATE … WHERE version = ?` that works the same on every SQL database).
 
+mod credentials;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,10 @@ use authproxy_core::{Environment, ScopeSet, WorkloadId};
 
 use crate::secret::SecretHash;
 
+pub use credentials::{
+    Claim, CredentialRecord, CredentialRegistration, CredentialStore, NewWorkloadCredential,
+    TaskChanges, TaskRecord, UnregisteredWorkloadCredential, VersionRecord, VersionUpdate,
+};
 pub use sqlite::SqliteStore;
 
 /// What every store method returns: a boxed future, so that the issuer can
@@ -236,8 +241,8 @@ pub struct GrantRecord {
 }
 
 /// The issuer's state. See the module doc for the rules implementations
-/// follow.
-pub trait Store: Send + Sync + std::fmt::Debug {
+/// follow; the credential lifecycle's methods are in [`CredentialStore`].
+pub trait Store: CredentialStore + Send + Sync + std::fmt::Debug {
     /// Records a node's root public key as active; recording a key already
     /// known changes nothing.
     fn record_root_key<'a>(&'a self, key: &'a RootKeyRecord) -> StoreFuture<'a, ()>;
