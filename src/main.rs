@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use authproxy::cli::credentials::{AdminArgs, Verb};
 use authproxy::cli::issuer::{PlanFormat, SyncArgs};
 use authproxy::cli::{self, TokenFormat};
 use authproxy::config::Config;
@@ -146,6 +147,100 @@ enum IssuerCommand {
         #[arg(long, value_enum, default_value_t = PlanFormatArg::Table)]
         format: PlanFormatArg,
     },
+    /// Credentials (root keys, workload credentials, PATs) and their versions.
+    Credentials {
+        #[command(subcommand)]
+        command: CredentialsCommand,
+    },
+    /// The tasks that create and delete credential versions.
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
+}
+
+/// `authproxy issuer credentials …`
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// Every credential with its versions: state, created, retires at.
+    List {
+        #[command(flatten)]
+        admin: AdminOptions,
+    },
+    /// Queue a rotation (a new version) of a credential.
+    Rotate {
+        /// The credential's id (see `credentials list`).
+        #[arg(long)]
+        credential: String,
+        #[command(flatten)]
+        admin: AdminOptions,
+    },
+}
+
+/// `authproxy issuer tasks …`
+#[derive(Subcommand)]
+enum TasksCommand {
+    /// The tasks of a credential, oldest first.
+    List {
+        /// The credential's id.
+        #[arg(long)]
+        credential: String,
+        #[command(flatten)]
+        admin: AdminOptions,
+    },
+    /// One task, with its errors.
+    Show {
+        /// The credential's id.
+        #[arg(long)]
+        credential: String,
+        /// The task's id.
+        #[arg(long)]
+        task: String,
+        #[command(flatten)]
+        admin: AdminOptions,
+    },
+    /// Cancel a task that is queued or processing (it ends `failed`, error `cancelled`).
+    Cancel {
+        /// The credential's id.
+        #[arg(long)]
+        credential: String,
+        /// The task's id.
+        #[arg(long)]
+        task: String,
+        #[command(flatten)]
+        admin: AdminOptions,
+    },
+}
+
+/// Where the management verbs find the issuer, and what they print.
+#[derive(clap::Args)]
+struct AdminOptions {
+    /// The issuer's base URL (`http://` if it has no scheme).
+    #[arg(
+        long,
+        env = "AUTHPROXY_ISSUER",
+        default_value = "http://127.0.0.1:8400"
+    )]
+    issuer: String,
+    /// The file holding the admin token.
+    #[arg(long, env = "AUTHPROXY_ADMIN_TOKEN_FILE", default_value = DEFAULT_ADMIN_TOKEN_FILE)]
+    admin_token_file: PathBuf,
+    /// What to print.
+    #[arg(long, value_enum, default_value_t = PlanFormatArg::Table)]
+    format: PlanFormatArg,
+}
+
+impl AdminOptions {
+    fn args(self) -> AdminArgs {
+        AdminArgs {
+            issuer: self.issuer,
+            admin_token_file: self.admin_token_file,
+            format: match self.format {
+                PlanFormatArg::Table => PlanFormat::Table,
+                PlanFormatArg::Json => PlanFormat::Json,
+            },
+        }
+    }
 }
 
 /// `--format` of the management verbs.
@@ -276,5 +371,32 @@ fn main() -> ExitCode {
                 PlanFormatArg::Json => PlanFormat::Json,
             },
         }),
+        Command::Issuer {
+            command: IssuerCommand::Credentials { command },
+        } => match command {
+            CredentialsCommand::List { admin } => {
+                cli::credentials::run(&admin.args(), &Verb::ListCredentials)
+            }
+            CredentialsCommand::Rotate { credential, admin } => {
+                cli::credentials::run(&admin.args(), &Verb::Rotate { credential })
+            }
+        },
+        Command::Issuer {
+            command: IssuerCommand::Tasks { command },
+        } => match command {
+            TasksCommand::List { credential, admin } => {
+                cli::credentials::run(&admin.args(), &Verb::ListTasks { credential })
+            }
+            TasksCommand::Show {
+                credential,
+                task,
+                admin,
+            } => cli::credentials::run(&admin.args(), &Verb::ShowTask { credential, task }),
+            TasksCommand::Cancel {
+                credential,
+                task,
+                admin,
+            } => cli::credentials::run(&admin.args(), &Verb::CancelTask { credential, task }),
+        },
     }
 }

@@ -62,6 +62,15 @@ pub fn serve(config_file: &Path) -> ExitCode {
                 ));
             }
         };
+        // The credential lifecycle's worker (DESIGN §10): runs the tasks
+        // due, reading the clock once per tick; stopped with the runtime.
+        tokio::spawn(
+            authproxy_issuer::tasks::worker::Worker::new(
+                Arc::clone(&issuer),
+                authproxy_issuer::tasks::worker::WorkerOptions::default(),
+            )
+            .run(std::future::pending()),
+        );
         let shutdown = super::shutdown_signal();
         for l in &listeners {
             match l.local_addr() {
@@ -281,7 +290,7 @@ fn read_declarations(path: &Path) -> Result<String, String> {
     Ok(text)
 }
 
-fn read_admin_token(path: &Path) -> Result<String, String> {
+pub(super) fn read_admin_token(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(
             "admin token file {}: {e} (--admin-token-file or AUTHPROXY_ADMIN_TOKEN_FILE; the issuer writes it to <state_dir>/admin-token)",

@@ -26,6 +26,7 @@ use authproxy_core::root_key::{load_or_create_root_key, load_root_public_key};
 use crate::config::Config;
 use crate::daemon::Daemon;
 
+pub mod credentials;
 pub mod issuer;
 
 /// BSD `EX_USAGE`: the configuration is wrong.
