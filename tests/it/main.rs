@@ -27,5 +27,6 @@ mod proxy;
 mod reload;
 mod remote;
 mod revocation;
+mod rotation;
 mod sidecar;
 mod used_by;
