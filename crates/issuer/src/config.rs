@@ -68,11 +68,11 @@ pub struct IssuerConfig {
     pub issuer: IssuerSection,
     /// `[store]`
     pub store: StoreConfig,
-    /// `[keys]`: root-key rotation (used by a later slice).
+    /// `[keys]`: root-key rotation (DESIGN §10).
     pub keys: KeysConfig,
     /// `[tokens]`: tokens exchanged from PATs (used by a later slice).
     pub tokens: TokensConfig,
-    /// `[credentials]`: workload-credential rotation (used by a later slice).
+    /// `[credentials]`: workload-credential rotation and its provider (DESIGN §10).
     pub credentials: CredentialsConfig,
     /// `[pats]`: personal access tokens (used by a later slice).
     pub pats: PatsConfig,
