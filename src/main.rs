@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use authproxy::cli::admin::{OutputFormat, Target};
+use authproxy::cli::credentials::{AdminArgs, Verb};
 use authproxy::cli::issuer::{PlanFormat, SyncArgs};
 use authproxy::cli::{self, TokenFormat};
 use authproxy::config::Config;
@@ -284,6 +285,83 @@ enum IssuerCommand {
         #[command(subcommand)]
         command: GrantsCommand,
     },
+    /// Credentials (root keys, workload credentials, PATs) and their versions.
+    Credentials {
+        #[command(subcommand)]
+        command: CredentialsCommand,
+    },
+    /// The tasks that create and delete credential versions.
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
+}
+
+/// `authproxy issuer credentials …`
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// Every credential with its versions: state, created, retires at.
+    List {
+        #[command(flatten)]
+        admin: ManagementArgs,
+    },
+    /// Queue a rotation (a new version) of a credential.
+    Rotate {
+        /// The credential's id (see `credentials list`).
+        #[arg(long)]
+        credential: String,
+        #[command(flatten)]
+        admin: ManagementArgs,
+    },
+}
+
+/// `authproxy issuer tasks …`
+#[derive(Subcommand)]
+enum TasksCommand {
+    /// The tasks of a credential, oldest first.
+    List {
+        /// The credential's id.
+        #[arg(long)]
+        credential: String,
+        #[command(flatten)]
+        admin: ManagementArgs,
+    },
+    /// One task, with its errors.
+    Show {
+        /// The credential's id.
+        #[arg(long)]
+        credential: String,
+        /// The task's id.
+        #[arg(long)]
+        task: String,
+        #[command(flatten)]
+        admin: ManagementArgs,
+    },
+    /// Cancel a task that is queued or processing (it ends `failed`, error `cancelled`).
+    Cancel {
+        /// The credential's id.
+        #[arg(long)]
+        credential: String,
+        /// The task's id.
+        #[arg(long)]
+        task: String,
+        #[command(flatten)]
+        admin: ManagementArgs,
+    },
+}
+
+impl ManagementArgs {
+    /// For the credential and task verbs.
+    fn args(self) -> AdminArgs {
+        AdminArgs {
+            issuer: self.issuer,
+            admin_token_file: self.admin_token_file,
+            format: match self.format {
+                PlanFormatArg::Table => PlanFormat::Table,
+                PlanFormatArg::Json => PlanFormat::Json,
+            },
+        }
+    }
 }
 
 /// `--format` of the management verbs.
@@ -473,6 +551,33 @@ fn main() -> ExitCode {
             PatCommand::Delete { name, management } => {
                 cli::pat::delete(&management.target(), &name)
             }
+        },
+        Command::Issuer {
+            command: IssuerCommand::Credentials { command },
+        } => match command {
+            CredentialsCommand::List { admin } => {
+                cli::credentials::run(&admin.args(), &Verb::ListCredentials)
+            }
+            CredentialsCommand::Rotate { credential, admin } => {
+                cli::credentials::run(&admin.args(), &Verb::Rotate { credential })
+            }
+        },
+        Command::Issuer {
+            command: IssuerCommand::Tasks { command },
+        } => match command {
+            TasksCommand::List { credential, admin } => {
+                cli::credentials::run(&admin.args(), &Verb::ListTasks { credential })
+            }
+            TasksCommand::Show {
+                credential,
+                task,
+                admin,
+            } => cli::credentials::run(&admin.args(), &Verb::ShowTask { credential, task }),
+            TasksCommand::Cancel {
+                credential,
+                task,
+                admin,
+            } => cli::credentials::run(&admin.args(), &Verb::CancelTask { credential, task }),
         },
     }
 }

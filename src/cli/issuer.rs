@@ -76,6 +76,15 @@ pub fn serve(config_file: &Path) -> ExitCode {
                 }
             }
         });
+        // The credential lifecycle's worker (DESIGN §10): runs the tasks
+        // due, reading the clock once per tick; stopped with the runtime.
+        tokio::spawn(
+            authproxy_issuer::tasks::worker::Worker::new(
+                Arc::clone(&issuer),
+                authproxy_issuer::tasks::worker::WorkerOptions::default(),
+            )
+            .run(std::future::pending()),
+        );
         let shutdown = super::shutdown_signal();
         for l in &listeners {
             match l.local_addr() {

@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::daemon::Daemon;
 
 pub mod admin;
+pub mod credentials;
 pub mod issuer;
 pub mod pat;
 pub mod verifier;

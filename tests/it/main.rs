@@ -28,6 +28,7 @@ mod proxy;
 mod reload;
 mod remote;
 mod revocation;
+mod rotation;
 mod sidecar;
 mod used_by;
 mod verifier;

@@ -125,6 +125,12 @@ pub fn load_or_create_root_key(state_dir: &Path) -> Result<SigningKey, RootKeyEr
             })?
         }
     };
+    read_checked_key(&mut file, path)
+}
+
+/// Checks an opened key file (a regular file, a trusted owner, safe
+/// permissions: see the module doc) and reads the key it holds.
+fn read_checked_key(file: &mut fs::File, path: PathBuf) -> Result<SigningKey, RootKeyError> {
     let meta = file.metadata().map_err(io(&path))?;
     if !meta.file_type().is_file() {
         return Err(RootKeyError::NotAFile { path });
@@ -144,6 +150,100 @@ pub fn load_or_create_root_key(state_dir: &Path) -> Result<SigningKey, RootKeyEr
     let mut pem = Vec::new();
     file.read_to_end(&mut pem).map_err(io(&path))?;
     SigningKey::from_pkcs8_pem(&pem).map_err(|source| RootKeyError::BadKey { path, source })
+}
+
+/// Directory, inside an issuer's state directory, holding the root key
+/// versions made by rotation: one `<kid>.pem` each (0600), beside the
+/// first version, `root-key.pem`. Private keys never leave it: the store
+/// holds public keys only.
+pub const ROOT_KEY_VERSIONS_DIR: &str = "root-keys";
+
+/// Every root key version in `state_dir`: `root-key.pem` if it exists, and
+/// each `root-keys/<kid>.pem`, each opened and checked as
+/// [`load_or_create_root_key`] does (the `root-keys` directory is held to
+/// the state directory's rules). Creates nothing but the directories.
+/// A file whose key does not match its name (`<kid>.pem`) is refused: the
+/// name is how a version is found again.
+pub fn load_root_key_versions(state_dir: &Path) -> Result<Vec<SigningKey>, RootKeyError> {
+    let versions = versions_dir(state_dir)?;
+    let mut keys = Vec::new();
+    let state = open_state_dir(state_dir)?;
+    let first = state_dir.join(ROOT_KEY_FILE);
+    if let Some(mut f) = open_named(&state, ROOT_KEY_FILE, &first)? {
+        keys.push(read_checked_key(&mut f, first)?);
+    }
+    let dir = open_state_dir(&versions)?;
+    let mut names: Vec<String> = fs::read_dir(&versions)
+        .map_err(io(&versions))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".pem"))
+        .collect();
+    names.sort();
+    for name in names {
+        let path = versions.join(&name);
+        let Some(mut f) = open_named(&dir, &name, &path)? else {
+            continue; // removed meanwhile
+        };
+        let key = read_checked_key(&mut f, path.clone())?;
+        if name != format!("{}.pem", key.public().thumbprint()) {
+            return Err(RootKeyError::Io {
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the key in this file is not the one its name (<kid>.pem) says",
+                ),
+            });
+        }
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// Creates a new root key version: `state_dir/root-keys/<kid>.pem`, 0600,
+/// written whole or not at all (see [`create_private_file_once`]).
+pub fn create_root_key_version(state_dir: &Path) -> Result<SigningKey, RootKeyError> {
+    let versions = versions_dir(state_dir)?;
+    let key = SigningKey::generate().map_err(|source| RootKeyError::BadKey {
+        path: versions.clone(),
+        source,
+    })?;
+    let path = versions.join(format!("{}.pem", key.public().thumbprint()));
+    let pem = key.to_pkcs8_pem().map_err(|source| RootKeyError::BadKey {
+        path: path.clone(),
+        source,
+    })?;
+    create_private_file_once(&path, pem.as_bytes()).map_err(io(&path))?;
+    Ok(key)
+}
+
+/// Deletes the private key of a removed version, wherever it is
+/// (`root-key.pem` or `root-keys/<kid>.pem`): a key that will never sign
+/// again should not stay on disk to be stolen. `Ok` when it is not there.
+pub fn remove_root_key_version(state_dir: &Path, kid: &str) -> Result<(), RootKeyError> {
+    let versioned = state_dir
+        .join(ROOT_KEY_VERSIONS_DIR)
+        .join(format!("{kid}.pem"));
+    let first = state_dir.join(ROOT_KEY_FILE);
+    let path = match load_root_public_key(state_dir) {
+        Ok(public) if public.thumbprint() == kid => first,
+        _ => versioned,
+    };
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// `state_dir/root-keys`, created 0700 (with `state_dir`) if missing.
+fn versions_dir(state_dir: &Path) -> Result<PathBuf, RootKeyError> {
+    let versions = state_dir.join(ROOT_KEY_VERSIONS_DIR);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&versions)
+        .map_err(io(&versions))?;
+    Ok(versions)
 }
 
 /// The public half of the root key in `state_dir/root-key.pem`, without
@@ -190,9 +290,14 @@ fn open_state_dir(state_dir: &Path) -> Result<fs::File, RootKeyError> {
 /// `None` if it does not exist. `O_NONBLOCK` so that a FIFO planted there
 /// cannot hang the start; it is then refused as not a regular file.
 fn open_key_file(dir: &fs::File, path: &Path) -> Result<Option<fs::File>, RootKeyError> {
+    open_named(dir, ROOT_KEY_FILE, path)
+}
+
+/// [`open_key_file`] for any file name inside `dir`.
+fn open_named(dir: &fs::File, name: &str, path: &Path) -> Result<Option<fs::File>, RootKeyError> {
     match rustix::fs::openat(
         dir,
-        ROOT_KEY_FILE,
+        name,
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
@@ -388,6 +493,45 @@ mod tests {
         std::os::unix::fs::chown(dir.path().join(ROOT_KEY_FILE), Some(65534), None).unwrap();
         let e = load_or_create_root_key(dir.path()).unwrap_err();
         assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+    }
+
+    #[test]
+    fn root_key_versions_are_found_checked_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let first = load_or_create_root_key(&state).unwrap();
+        let second = create_root_key_version(&state).unwrap();
+        let kid = second.public().thumbprint().to_owned();
+        let file = state.join(ROOT_KEY_VERSIONS_DIR).join(format!("{kid}.pem"));
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let kids: Vec<String> = load_root_key_versions(&state)
+            .unwrap()
+            .iter()
+            .map(|k| k.public().thumbprint().to_owned())
+            .collect();
+        assert_eq!(kids, [first.public().thumbprint().to_owned(), kid.clone()]);
+
+        // A version readable by others is refused, as the first key is.
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            load_root_key_versions(&state),
+            Err(RootKeyError::InsecurePermissions { .. })
+        ));
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        // A file whose name does not say its key is refused.
+        fs::copy(&file, state.join(ROOT_KEY_VERSIONS_DIR).join("other.pem")).unwrap();
+        assert!(load_root_key_versions(&state).is_err());
+        fs::remove_file(state.join(ROOT_KEY_VERSIONS_DIR).join("other.pem")).unwrap();
+
+        remove_root_key_version(&state, first.public().thumbprint()).unwrap();
+        assert!(!state.join(ROOT_KEY_FILE).exists());
+        remove_root_key_version(&state, &kid).unwrap();
+        assert!(!file.exists());
+        assert!(load_root_key_versions(&state).unwrap().is_empty());
+        remove_root_key_version(&state, &kid).unwrap();
     }
 
     #[test]

@@ -72,11 +72,11 @@ pub struct IssuerConfig {
     pub issuer: IssuerSection,
     /// `[store]`
     pub store: StoreConfig,
-    /// `[keys]`: root-key rotation (used by a later slice).
+    /// `[keys]`: root-key rotation (DESIGN §10).
     pub keys: KeysConfig,
     /// `[tokens]`: tokens exchanged from PATs.
     pub tokens: TokensConfig,
-    /// `[credentials]`: workload-credential rotation (used by a later slice).
+    /// `[credentials]`: workload-credential rotation and its provider (DESIGN §10).
     pub credentials: CredentialsConfig,
     /// `[pats]`: personal access tokens.
     pub pats: PatsConfig,
@@ -163,6 +163,30 @@ pub struct CredentialsConfig {
     pub rotate_every: Duration,
     /// How long the previous version stays valid after a rotation (0 – 30 d, default 24 h).
     pub grace: Duration,
+    /// Where new workload credential values go (the provider, DESIGN §10).
+    pub provider: ProviderConfig,
+}
+
+/// Where a rotated workload credential's new value goes: `[credentials]
+/// dir` (the built-in provider) or `command` (an external one). With
+/// neither, workload credentials are not rotated: a new value nobody
+/// receives would end the workload's access at the end of the grace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProviderConfig {
+    /// Neither `dir` nor `command`: no rotation of workload credentials.
+    None,
+    /// `dir`: one file per identity (`app/web` → `app_web`), 0600,
+    /// replaced atomically — the layout `issuer sync --credentials-dir` writes.
+    Dir(PathBuf),
+    /// `command`: run with the task in its environment and the value on
+    /// standard input, killed after `timeout`.
+    Command {
+        /// The program and its arguments.
+        argv: Vec<String>,
+        /// `command_timeout` (1 s – 1 h, default 10 min).
+        timeout: Duration,
+    },
 }
 
 /// `[pats]`
@@ -274,6 +298,9 @@ struct RawTokens {
 struct RawCredentials {
     rotate_every: Option<String>,
     grace: Option<String>,
+    dir: Option<String>,
+    command: Option<Vec<String>>,
+    command_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -425,6 +452,11 @@ impl Validator<'_> {
                 Duration::ZERO,
                 Duration::from_secs(30 * DAY),
             )?,
+            provider: self.provider(
+                raw.credentials.dir,
+                raw.credentials.command,
+                raw.credentials.command_timeout,
+            )?,
         };
 
         let max_valid_minutes = raw.pats.max_valid_minutes.unwrap_or(MAX_PAT_VALID_MINUTES);
@@ -450,6 +482,38 @@ impl Validator<'_> {
             pats: PatsConfig { max_valid_minutes },
             kubernetes,
         })
+    }
+
+    fn provider(
+        &self,
+        dir: Option<String>,
+        command: Option<Vec<String>>,
+        timeout: Option<String>,
+    ) -> Result<ProviderConfig, ConfigError> {
+        let timeout = self.duration(
+            "credentials.command_timeout",
+            timeout.as_deref(),
+            "10m",
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        )?;
+        match (dir, command) {
+            (Some(_), Some(_)) => Err(self.invalid(
+                "credentials.dir",
+                "and `credentials.command` are exclusive: set one",
+            )),
+            (Some(d), None) if d.trim().is_empty() => {
+                Err(self.invalid("credentials.dir", "must not be empty"))
+            }
+            (Some(d), None) => Ok(ProviderConfig::Dir(PathBuf::from(d))),
+            (None, Some(argv)) if argv.first().is_none_or(|p| p.trim().is_empty()) => Err(self
+                .invalid(
+                    "credentials.command",
+                    "must name a program: [\"/path\", \"arg\", …]",
+                )),
+            (None, Some(argv)) => Ok(ProviderConfig::Command { argv, timeout }),
+            (None, None) => Ok(ProviderConfig::None),
+        }
     }
 
     fn server(&self, raw: RawServer) -> Result<ServerConfig, ConfigError> {
@@ -845,6 +909,51 @@ mod tests {
             (
                 "[server]\nheader_read_timeout = \"1m\"\n",
                 "`server.header_read_timeout`",
+            ),
+        ] {
+            let e = error_of(body, &[]);
+            assert!(e.contains(key), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_credential_provider_is_a_directory_or_a_command() {
+        assert_eq!(
+            load("", &[]).unwrap().credentials.provider,
+            ProviderConfig::None
+        );
+        let c = load("[credentials]\ndir = \"/run/creds\"\n", &[]).unwrap();
+        assert_eq!(
+            c.credentials.provider,
+            ProviderConfig::Dir(PathBuf::from("/run/creds"))
+        );
+        let c = load(
+            "[credentials]\ncommand = [\"/bin/provider\", \"--x\"]\ncommand_timeout = \"30s\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.credentials.provider,
+            ProviderConfig::Command {
+                argv: vec!["/bin/provider".into(), "--x".into()],
+                timeout: Duration::from_secs(30)
+            }
+        );
+        let c = load("[credentials]\ncommand = [\"p\"]\n", &[]).unwrap();
+        assert!(matches!(
+            c.credentials.provider,
+            ProviderConfig::Command { timeout, .. } if timeout == Duration::from_secs(600)
+        ));
+        for (body, key) in [
+            (
+                "[credentials]\ndir = \"d\"\ncommand = [\"p\"]\n",
+                "exclusive",
+            ),
+            ("[credentials]\ncommand = []\n", "`credentials.command`"),
+            ("[credentials]\ndir = \"\"\n", "`credentials.dir`"),
+            (
+                "[credentials]\ncommand_timeout = \"2h\"\n",
+                "`credentials.command_timeout`",
             ),
         ] {
             let e = error_of(body, &[]);

@@ -75,6 +75,13 @@ pub enum IssuerError {
         "personal access token `{0}` kept changing during the update; nothing was applied, try again"
     )]
     PatConflict(PatName),
+    /// No such credential or task. Return `404 Not Found` (`not_found`).
+    #[error("{0}")]
+    NotFound(String),
+    /// The task is final (`credentials_created`, `credentials_deleted`,
+    /// `failed`) and accepts no update. Return `409 Conflict` (`conflict`).
+    #[error("the task is {0}, which is final: it can no longer be cancelled or changed")]
+    TaskFinal(crate::tasks::model::TaskStatus),
     /// The store failed. Return `500 Internal Server Error`.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -91,7 +98,10 @@ impl IssuerError {
                 StatusCode::UNAUTHORIZED
             }
             Self::NotBound { .. } => StatusCode::FORBIDDEN,
-            Self::UnknownWorkload { .. } | Self::PatNotFound(_) => StatusCode::NOT_FOUND,
+            Self::UnknownWorkload { .. } | Self::PatNotFound(_) | Self::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::TaskFinal(_) => StatusCode::CONFLICT,
             Self::InvalidRequest(_) | Self::InvalidDeclarations(_) => StatusCode::BAD_REQUEST,
             Self::SyncConflict | Self::NameTaken(_) | Self::PatConflict(_) => StatusCode::CONFLICT,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,9 +144,11 @@ impl IntoResponse for IssuerError {
                 }))
                 .into_response()
             }
-            Self::SyncConflict | Self::PatConflict(_) => body("conflict", self.to_string()),
+            Self::SyncConflict | Self::PatConflict(_) | Self::TaskFinal(_) => {
+                body("conflict", self.to_string())
+            }
             Self::NameTaken(_) => body("name_taken", self.to_string()),
-            Self::PatNotFound(_) => body("not_found", self.to_string()),
+            Self::PatNotFound(_) | Self::NotFound(_) => body("not_found", self.to_string()),
             Self::Store(_) | Self::Internal(_) => {
                 tracing::error!(error = %self, "request failed");
                 body(

@@ -8,6 +8,7 @@
 //! | `GET /.well-known/oauth-authorization-server` | anyone |
 //! | `POST /v1/sync?environment=E[&dry_run=true]` | admin token |
 //! | `POST /v1/grants` | workload credential or Kubernetes service-account token |
+//! | `/v1/credentials…` ([`credentials`]) | admin token |
 //! | `POST /v1/grants/revoke` | admin token ([`pats`]) |
 //! | `POST`, `GET /v1/pats`; `GET`, `PATCH`, `DELETE /v1/pats/{name}` | admin token ([`pats`]) |
 //! | `POST /v1/pats/used` | anyone: a layer's report ([`pats`]) |
@@ -31,6 +32,8 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+mod credentials;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -68,6 +71,14 @@ pub fn router(issuer: Arc<Issuer>) -> Router {
         .route(
             "/oauth2/token",
             post(token::exchange).layer(DefaultBodyLimit::max(token::TOKEN_BODY_BYTES)),
+        )
+        .route("/v1/credentials", get(credentials::list))
+        .route("/v1/credentials/{id}", get(credentials::show))
+        .route("/v1/credentials/{id}/rotate", post(credentials::rotate))
+        .route("/v1/credentials/{id}/tasks", get(credentials::tasks))
+        .route(
+            "/v1/credentials/{id}/tasks/{task_id}",
+            get(credentials::task).delete(credentials::cancel),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(issuer)

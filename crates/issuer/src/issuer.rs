@@ -14,8 +14,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use authproxy_core::declarations::Declarations;
 use authproxy_core::grant::{Grant, GrantRequest};
-use authproxy_core::keys::{Jwks, KeyError, PublicKey, SigningKey, random_id};
-use authproxy_core::root_key::{RootKeyError, load_or_create_root_key};
+use authproxy_core::keys::{Jwks, KeyError, PublicKey, random_id};
+use authproxy_core::root_key::{RootKeyError, load_root_key_versions};
 use authproxy_core::{Environment, Subject, WorkloadId};
 use serde::{Serialize, Serializer};
 
@@ -25,13 +25,15 @@ use crate::kubernetes::{
     ClusterJwksError, InvalidServiceAccountToken, KubernetesCaller, KubernetesVerifier,
     ServiceAccount, looks_like_jwt,
 };
+use crate::root_keys::RootKeyRing;
 use crate::secret::{ADMIN_TOKEN_PREFIX, Secret, WORKLOAD_CREDENTIAL_PREFIX};
 use crate::state_dir::{StateFileError, load_or_create_admin_token, load_or_create_node_id};
 use crate::store::{
-    BootstrapKind, CredentialOwner, GrantRecord, RootKeyRecord, RootKeyState, SqliteStore, Store,
-    StoreError, SyncApplied,
+    BootstrapKind, CredentialOwner, GrantRecord, SqliteStore, Store, StoreError, SyncApplied,
 };
 use crate::sync::{self, Plan};
+
+pub mod credentials;
 
 /// How many times a sync is planned again when a concurrent sync changed
 /// the environment under it.
@@ -50,6 +52,20 @@ pub enum OpenError {
     /// The store could not be opened or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store lists a root key of this node as signing, or about to,
+    /// whose private key is not in `state_dir` (restored from an old
+    /// backup, or another node's directory).
+    #[error(
+        "the store lists root key {kid} of node {node} as {state}, but its private key is not in the state directory"
+    )]
+    MissingRootKey {
+        /// The node.
+        node: String,
+        /// The key.
+        kid: String,
+        /// Its state.
+        state: &'static str,
+    },
     /// `[kubernetes] jwks_file` could not be read or holds no usable key.
     /// (An unreachable `jwks_url` is not fatal: it is fetched again on use.)
     #[error("`{key}`: {source}")]
@@ -66,7 +82,8 @@ pub enum OpenError {
 pub struct Issuer {
     config: IssuerConfig,
     store: Arc<dyn Store>,
-    root: SigningKey,
+    /// This node's root key versions; the active one signs.
+    ring: RootKeyRing,
     node: String,
     kubernetes: Option<KubernetesVerifier>,
 }
@@ -173,12 +190,13 @@ pub struct Metadata {
 }
 
 impl Issuer {
-    /// Starts a node: loads or creates its root key, node id and admin
+    /// Starts a node: loads or creates its root keys, node id and admin
     /// token under `state_dir`, opens (creating on first start) the store,
-    /// and records the root public key and the admin token's hash there.
+    /// records the root public keys and the admin token's hash there, and
+    /// registers the node's credentials and their schedules (DESIGN §10).
     pub async fn open(config: IssuerConfig, now: u64) -> Result<Self, OpenError> {
-        // The root key first: it creates `state_dir` 0700.
-        let root = load_or_create_root_key(&config.issuer.state_dir)?;
+        // The root keys first: it creates `state_dir` (and `root-keys/`) 0700.
+        let keys = load_root_key_versions(&config.issuer.state_dir)?;
         let node = load_or_create_node_id(&config.issuer.state_dir)?;
         let admin_token = load_or_create_admin_token(&config.issuer.state_dir)?;
         let kubernetes = match &config.kubernetes {
@@ -188,31 +206,28 @@ impl Issuer {
         let store: Arc<dyn Store> = match &config.store.url {
             StoreUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
         };
-        store
-            .record_root_key(&RootKeyRecord {
-                node: node.clone(),
-                public_key: root.public().clone(),
-                state: RootKeyState::Active,
-                created_at: now,
-            })
-            .await?;
+        let ring = RootKeyRing::new(keys);
+        credentials::open_root_keys(&config, store.as_ref(), &ring, &node, now).await?;
         // Re-adding the hash of an existing file is a no-op, and keeps a
         // token revoked in the store revoked.
         store.add_admin_token(&admin_token.hash(), now).await?;
+        let signing = ring.signing_key(now);
         tracing::info!(
             node = %node,
-            kid = %root.public().thumbprint(),
+            kid = ?signing.map(|k| k.public().thumbprint().to_owned()),
             store = ?config.store.url,
             admin_token_file = %config.admin_token_file().display(),
             "issuer node ready"
         );
-        Ok(Self {
+        let issuer = Self {
             config,
             store,
-            root,
+            ring,
             node,
             kubernetes,
-        })
+        };
+        issuer.open_credentials(now).await?;
+        Ok(issuer)
     }
 
     /// The configuration it runs with.
@@ -225,9 +240,15 @@ impl Issuer {
         &self.node
     }
 
-    /// The `kid` (thumbprint) of the root key this node signs with.
-    pub fn root_kid(&self) -> &str {
-        self.root.public().thumbprint()
+    /// The `kid` (thumbprint) of the root key this node signs with (at the
+    /// latest time it signed or started).
+    pub fn root_kid(&self) -> String {
+        self.ring.current_kid().unwrap_or_default()
+    }
+
+    /// This node's root key versions.
+    pub fn root_keys(&self) -> &RootKeyRing {
+        &self.ring
     }
 
     /// The store.
@@ -309,6 +330,9 @@ impl Issuer {
             }
             match self.store.apply_sync(&changes, now).await? {
                 SyncApplied::Applied => {
+                    // The identities it created have credentials now:
+                    // versioned and scheduled for rotation (DESIGN §10).
+                    self.register_workload_credentials(now).await?;
                     tracing::info!(
                         environment = %environment,
                         created = report.plan.created.len(),
@@ -429,9 +453,15 @@ impl Issuer {
                 environment: environment.clone(),
             });
         }
+        // The version active now signs: a new key only from its
+        // `activates_at`, `keys.publish_ahead` after it was published.
+        let root = self
+            .ring
+            .signing_key(now)
+            .ok_or_else(|| IssuerError::Internal("no active root key on this node".into()))?;
         let jti = random_id();
         let grant = Grant::issue(
-            &self.root,
+            &root,
             GrantRequest {
                 issuer: &self.config.issuer.url,
                 workload,
@@ -452,7 +482,7 @@ impl Issuer {
                 subject: Subject::Workload(workload.clone()),
                 identity,
                 bootstrap: caller.kind(),
-                root_kid: self.root_kid().to_owned(),
+                root_kid: root.public().thumbprint().to_owned(),
                 issued_at: now,
                 expires_at,
             })

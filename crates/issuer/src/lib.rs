@@ -22,6 +22,11 @@
 //!   tokens: generated, shown once, stored as SHA-256, compared in constant
 //!   time; the type that keeps PAT values and access tokens out of logs.
 //! - [`state_dir`] — the node's private files beside its root key: node id, admin token.
+//! - [`root_keys`] — this node's root key versions in memory; the active one signs.
+//! - [`tasks`] — the credential lifecycle (DESIGN §10): the pure state
+//!   machine ([`tasks::model`]), the worker that runs tasks
+//!   ([`tasks::worker`]) and the workload-credential providers
+//!   ([`tasks::provider`]); the use cases are in [`issuer::credentials`].
 //!
 //! Time is a parameter: every use case takes `now`; only the HTTP handlers
 //! read `authproxy_core::clock`.
@@ -31,10 +36,12 @@ pub mod error;
 pub mod http;
 pub mod issuer;
 pub mod kubernetes;
+pub mod root_keys;
 pub mod secret;
 pub mod state_dir;
 pub mod store;
 pub mod sync;
+pub mod tasks;
 
 pub use config::IssuerConfig;
 pub use error::IssuerError;

@@ -196,7 +196,7 @@ async fn jwks_and_metadata_are_public() {
 
     let keys = node.jwks().await.usable_keys();
     assert_eq!(keys.len(), 1);
-    assert!(keys.contains_key(node.issuer.root_kid()));
+    assert!(keys.contains_key(&node.issuer.root_kid()));
 
     let meta = node
         .get_json("/.well-known/oauth-authorization-server")

@@ -97,8 +97,12 @@ impl Issuer {
         // A one-use key: it signs this one token and is dropped with it.
         let key = SigningKey::generate().map_err(|e| ExchangeError::Internal(e.to_string()))?;
         let grant_id = random_id();
+        let root = self
+            .ring
+            .signing_key(now)
+            .ok_or_else(|| ExchangeError::Internal("no active root key on this node".into()))?;
         let grant = Grant::issue_for_pat(
-            &self.root,
+            &root,
             PatGrantRequest {
                 issuer: &self.config.issuer.url,
                 pat: &record.name,
@@ -134,7 +138,7 @@ impl Issuer {
                 identity: subject.to_string(),
                 subject,
                 bootstrap: BootstrapKind::Pat,
-                root_kid: self.root_kid().to_owned(),
+                root_kid: root.public().thumbprint().to_owned(),
                 issued_at: now,
                 expires_at: grant.claims().exp,
             })

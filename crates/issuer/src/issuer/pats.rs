@@ -8,13 +8,13 @@
 //! one there.
 
 use authproxy_core::keys::{KeyError, random_id};
-use authproxy_core::pat::{self, PatName, PatRequest};
-use authproxy_core::{Environment, Scopes};
+use authproxy_core::pat::{self, PAT_SUBJECT_PREFIX, PatName, PatRequest};
+use authproxy_core::{Environment, Scopes, Subject};
 
 use super::{Issuer, rfc3339};
 use crate::error::IssuerError;
 use crate::secret::Secret;
-use crate::store::{PatCreated, PatRecord, PatUpdate, PatUpdated};
+use crate::store::{BootstrapKind, GrantRecord, PatCreated, PatRecord, PatUpdate, PatUpdated};
 
 /// How many times an update is tried again when a concurrent update
 /// replaced the version it read.
@@ -57,7 +57,7 @@ impl Issuer {
     pub async fn create_pat(&self, new: &NewPat, now: u64) -> Result<IssuedPat, IssuerError> {
         let ttl_secs = self.pat_lifetime(new.valid_minutes)?;
         let jti = random_id();
-        let (value, expires_at) = self.sign_pat(
+        let (value, expires_at, root_kid) = self.sign_pat(
             &new.name,
             &new.environment,
             &new.scopes,
@@ -80,6 +80,7 @@ impl Issuer {
             // The value just signed is dropped unseen.
             PatCreated::NameTaken => return Err(IssuerError::NameTaken(new.name.clone())),
         }
+        self.record_pat_signed(&pat, root_kid, now).await?;
         tracing::info!(
             pat = %pat.name,
             id = %pat.jti,
@@ -118,7 +119,7 @@ impl Issuer {
                 }
             };
             let jti = random_id();
-            let (value, expires_at) =
+            let (value, expires_at, root_kid) =
                 self.sign_pat(name, &current.environment, &scopes, ttl_secs, now, &jti)?;
             let update = PatUpdate {
                 name: name.clone(),
@@ -144,6 +145,7 @@ impl Issuer {
                         expires_at,
                         ..current
                     };
+                    self.record_pat_signed(&pat, root_kid, now).await?;
                     return Ok(IssuedPat { pat, value });
                 }
                 PatUpdated::Changed => {
@@ -176,7 +178,7 @@ impl Issuer {
             .await?
             .ok_or_else(|| IssuerError::PatNotFound(name.clone()))?;
         tracing::info!(pat = %name, revoked = %deleted.jti, "PAT deleted; its value is revoked");
-        Ok(())
+        self.record_pat_deletion(name.as_str(), now).await
     }
 
     /// Records that the PATs whose current version ids are `ids` were used
@@ -213,9 +215,14 @@ impl Issuer {
         ttl_secs: u64,
         now: u64,
         jti: &str,
-    ) -> Result<(Secret, u64), IssuerError> {
+    ) -> Result<(Secret, u64, String), IssuerError> {
+        // The version active now signs, as for grants.
+        let root = self
+            .ring
+            .signing_key(now)
+            .ok_or_else(|| IssuerError::Internal("no active root key on this node".into()))?;
         let (value, claims) = pat::issue(
-            &self.root,
+            &root,
             PatRequest {
                 issuer: &self.config.issuer.url,
                 name,
@@ -227,6 +234,42 @@ impl Issuer {
             jti.to_owned(),
         )
         .map_err(|e: KeyError| IssuerError::Internal(e.to_string()))?;
-        Ok((Secret::issued(value), claims.exp))
+        Ok((
+            Secret::issued(value),
+            claims.exp,
+            root.public().thumbprint().to_owned(),
+        ))
+    }
+
+    /// What the credential lifecycle needs of a new PAT version: the root
+    /// key that signed it must stay published until it expires (recorded
+    /// as a grant of that key), and the PAT credential gets the version
+    /// and its `version_expiration` task (DESIGN §10).
+    async fn record_pat_signed(
+        &self,
+        pat: &PatRecord,
+        root_kid: String,
+        now: u64,
+    ) -> Result<(), IssuerError> {
+        self.store
+            .record_grant(&GrantRecord {
+                jti: pat.jti.clone(),
+                environment: pat.environment.clone(),
+                subject: Subject::Pat(pat.name.clone()),
+                identity: format!("{PAT_SUBJECT_PREFIX}{}", pat.name),
+                bootstrap: BootstrapKind::Pat,
+                root_kid,
+                issued_at: now,
+                expires_at: pat.expires_at,
+            })
+            .await?;
+        self.record_pat_version(
+            pat.name.as_str(),
+            &pat.environment,
+            &pat.jti,
+            pat.expires_at,
+            now,
+        )
+        .await
     }
 }

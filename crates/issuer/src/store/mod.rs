@@ -11,6 +11,7 @@
 //! A PAT update is guarded the same way, by the version id (`jti`) it
 //! replaces.
 
+mod credentials;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,10 @@ use authproxy_core::{Environment, ScopeSet, Scopes, Subject, WorkloadId};
 
 use crate::secret::SecretHash;
 
+pub use credentials::{
+    Claim, CredentialRecord, CredentialRegistration, CredentialStore, NewWorkloadCredential,
+    TaskChanges, TaskRecord, UnregisteredWorkloadCredential, VersionRecord, VersionUpdate,
+};
 pub use sqlite::SqliteStore;
 
 /// What every store method returns: a boxed future, so that the issuer can
@@ -353,8 +358,8 @@ pub struct RevocationsAfter {
 }
 
 /// The issuer's state. See the module doc for the rules implementations
-/// follow.
-pub trait Store: Send + Sync + std::fmt::Debug {
+/// follow; the credential lifecycle's methods are in [`CredentialStore`].
+pub trait Store: CredentialStore + Send + Sync + std::fmt::Debug {
     /// Records a node's root public key as active; recording a key already
     /// known changes nothing.
     fn record_root_key<'a>(&'a self, key: &'a RootKeyRecord) -> StoreFuture<'a, ()>;

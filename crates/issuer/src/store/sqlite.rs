@@ -26,6 +26,8 @@ use super::{
 };
 use crate::secret::SecretHash;
 
+mod credentials;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// The SQLite store.
@@ -379,17 +381,20 @@ impl Store for SqliteStore {
     fn credential_owner<'a>(
         &'a self,
         hash: &'a SecretHash,
-        _now: u64,
+        now: u64,
     ) -> StoreFuture<'a, Option<CredentialOwner>> {
         Box::pin(async move {
             // A lookup by hash through the primary-key index. Its timing can
             // at most reveal bytes of a SHA-256 of a 256-bit random secret,
-            // which does not help to find the secret.
+            // which does not help to find the secret. A rotated value stops
+            // at the end of its grace (`expires_at`, migration 0003), even
+            // if the task that revokes it never runs.
             let row = sqlx::query(
                 "SELECT environment, identity FROM workload_credentials \
-                 WHERE hash = ? AND revoked = 0",
+                 WHERE hash = ? AND revoked = 0 AND (expires_at IS NULL OR expires_at > ?)",
             )
             .bind(hash.as_bytes().as_slice())
+            .bind(ts(now))
             .fetch_optional(&self.pool)
             .await?;
             row.map(|row| {
