@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use authproxy::cli::admin::{OutputFormat, Target};
-use authproxy::cli::credentials::{AdminArgs, Verb};
+use authproxy::cli::credentials::Verb;
 use authproxy::cli::issuer::{PlanFormat, SyncArgs};
 use authproxy::cli::{self, TokenFormat};
 use authproxy::config::Config;
@@ -350,20 +350,6 @@ enum TasksCommand {
     },
 }
 
-impl ManagementArgs {
-    /// For the credential and task verbs.
-    fn args(self) -> AdminArgs {
-        AdminArgs {
-            issuer: self.issuer,
-            admin_token_file: self.admin_token_file,
-            format: match self.format {
-                PlanFormatArg::Table => PlanFormat::Table,
-                PlanFormatArg::Json => PlanFormat::Json,
-            },
-        }
-    }
-}
-
 /// `--format` of the management verbs.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum PlanFormatArg {
@@ -556,28 +542,28 @@ fn main() -> ExitCode {
             command: IssuerCommand::Credentials { command },
         } => match command {
             CredentialsCommand::List { admin } => {
-                cli::credentials::run(&admin.args(), &Verb::ListCredentials)
+                cli::credentials::run(&admin.target(), &Verb::ListCredentials)
             }
             CredentialsCommand::Rotate { credential, admin } => {
-                cli::credentials::run(&admin.args(), &Verb::Rotate { credential })
+                cli::credentials::run(&admin.target(), &Verb::Rotate { credential })
             }
         },
         Command::Issuer {
             command: IssuerCommand::Tasks { command },
         } => match command {
             TasksCommand::List { credential, admin } => {
-                cli::credentials::run(&admin.args(), &Verb::ListTasks { credential })
+                cli::credentials::run(&admin.target(), &Verb::ListTasks { credential })
             }
             TasksCommand::Show {
                 credential,
                 task,
                 admin,
-            } => cli::credentials::run(&admin.args(), &Verb::ShowTask { credential, task }),
+            } => cli::credentials::run(&admin.target(), &Verb::ShowTask { credential, task }),
             TasksCommand::Cancel {
                 credential,
                 task,
                 admin,
-            } => cli::credentials::run(&admin.args(), &Verb::CancelTask { credential, task }),
+            } => cli::credentials::run(&admin.target(), &Verb::CancelTask { credential, task }),
         },
     }
 }

@@ -7,30 +7,11 @@
 //! task: 404; a final task cannot be cancelled: 409) or cannot be reached;
 //! 64 the admin token file cannot be used.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use authproxy_core::oauth::ErrorBody;
 use serde_json::Value;
 
-use super::issuer::PlanFormat;
-use super::{failure, usage_error};
-use crate::telemetry::describe;
-
-/// How long one management request may take.
-const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Where and how the management verbs talk to the issuer.
-#[derive(Debug, Clone)]
-pub struct AdminArgs {
-    /// The issuer's base URL (`http://` if it has no scheme).
-    pub issuer: String,
-    /// The file holding the admin token.
-    pub admin_token_file: PathBuf,
-    /// Output format.
-    pub format: PlanFormat,
-}
+use super::admin::{OutputFormat, Target, columns};
 
 /// What a verb asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,59 +80,21 @@ impl Verb {
     }
 }
 
-/// Runs `verb` against the issuer and prints its answer.
-pub fn run(args: &AdminArgs, verb: &Verb) -> ExitCode {
-    let token = match super::issuer::read_admin_token(&args.admin_token_file) {
-        Ok(t) => t,
-        Err(e) => return usage_error(&e),
-    };
-    let answer = super::client_runtime().and_then(|rt| rt.block_on(send(args, &token, verb)));
-    let body = match answer {
+/// Runs `verb` against the issuer (the shared management client:
+/// [`super::admin`]) and prints its answer.
+pub fn run(target: &Target, verb: &Verb) -> ExitCode {
+    let (method, path) = verb.request();
+    let body = match super::admin::run(target, |admin| async move {
+        admin.send(method, &path, None).await.map(|(_, body)| body)
+    }) {
         Ok(b) => b,
-        Err(e) => return failure(&e),
+        Err(code) => return code,
     };
-    match args.format {
-        PlanFormat::Json => println!("{body}"),
-        PlanFormat::Table => print!("{}", table(verb, &body)),
+    match target.format {
+        OutputFormat::Json => println!("{body}"),
+        OutputFormat::Table => print!("{}", table(verb, &body)),
     }
     ExitCode::SUCCESS
-}
-
-async fn send(args: &AdminArgs, token: &str, verb: &Verb) -> Result<Value, String> {
-    let base = crate::client::base_url(&args.issuer);
-    let (method, path) = verb.request();
-    let unreachable =
-        |e: reqwest::Error| format!("cannot reach the issuer at {base}: {}", describe(&e));
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(TIMEOUT)
-        .build()
-        .map_err(unreachable)?;
-    let res = client
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(unreachable)?;
-    let status = res.status().as_u16();
-    let text = res.text().await.map_err(unreachable)?;
-    if status == 401 {
-        return Err(format!(
-            "the issuer refused the admin token from {} (HTTP 401)",
-            args.admin_token_file.display()
-        ));
-    }
-    if !(200..300).contains(&status) {
-        return Err(match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(e) => format!(
-                "the issuer answered HTTP {status}: {}: {}",
-                e.error, e.error_description
-            ),
-            Err(_) => format!("unexpected answer from the issuer (HTTP {status})"),
-        });
-    }
-    serde_json::from_str(&text)
-        .map_err(|e| format!("unexpected answer from the issuer (HTTP {status}): {e}"))
 }
 
 fn s(v: &Value) -> String {
@@ -160,30 +103,6 @@ fn s(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
-}
-
-/// Aligned columns, header first.
-fn columns(rows: &[Vec<String>]) -> String {
-    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..n)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 fn task_rows(tasks: &[Value]) -> String {
