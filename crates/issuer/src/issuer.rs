@@ -22,8 +22,8 @@ use crate::kubernetes::{
 use crate::secret::{ADMIN_TOKEN_PREFIX, Secret, WORKLOAD_CREDENTIAL_PREFIX};
 use crate::state_dir::{StateFileError, load_or_create_admin_token, load_or_create_node_id};
 use crate::store::{
-    BootstrapKind, CredentialOwner, GrantRecord, RootKeyRecord, RootKeyState, SqliteStore, Store,
-    StoreError, SyncApplied,
+    BootstrapKind, CredentialOwner, GrantRecord, PostgresStore, RootKeyRecord, RootKeyState,
+    SqliteStore, Store, StoreError, SyncApplied,
 };
 use crate::sync::{self, Plan};
 
@@ -178,6 +178,7 @@ impl Issuer {
         };
         let store: Arc<dyn Store> = match &config.store.url {
             StoreUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
+            StoreUrl::Postgres(url) => Arc::new(PostgresStore::open(url).await?),
         };
         store
             .record_root_key(&RootKeyRecord {

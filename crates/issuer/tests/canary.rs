@@ -1,6 +1,8 @@
 //! The canary: open, sync, grants and refusals run with every crate logging
-//! at TRACE into a buffer; afterwards no workload credential, Kubernetes
-//! service-account token, admin token or grant may appear in it.
+//! at TRACE into a buffer — on SQLite, then on PostgreSQL through a URL that
+//! carries a password; afterwards no workload credential, Kubernetes
+//! service-account token, admin token, grant or store password may appear
+//! in it.
 //!
 //! Its own test binary: it installs the process-wide log subscriber, which
 //! must capture this test's flows and nothing else.
@@ -41,6 +43,45 @@ async fn no_secret_reaches_the_log() {
         .with_ansi(false)
         .init();
 
+    let mut secrets = flows("").await;
+    // Trust authentication ignores the password; the driver still holds it.
+    let password = "canary-store-password";
+    let url = authproxy_test_support::fresh_database().replacen(
+        "://authproxy@",
+        &format!("://authproxy:{password}@"),
+        1,
+    );
+    secrets.extend(flows(&format!("[store]\nurl = \"{url}\"\n")).await);
+    secrets.push(password.to_owned());
+
+    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("grant issued"), "the log was captured");
+    assert!(
+        log.contains("bootstrap=\"kubernetes\"") || log.contains("bootstrap=kubernetes"),
+        "the Kubernetes grant was logged"
+    );
+    assert!(
+        log.contains("service_account=main:web") && log.contains("pod=\"web-0\""),
+        "with its service account and pod"
+    );
+    assert!(
+        log.contains("store=postgres://authproxy:***@localhost/"),
+        "the store was logged, hidden"
+    );
+    for secret in &secrets {
+        let tail = &secret[secret.len() - 20..];
+        assert!(!log.contains(tail), "a secret reached the log");
+    }
+    for marker in ["ap_wc_", "ap_admin_", "eyJ"] {
+        let line = log.lines().find(|l| l.contains(marker));
+        assert!(line.is_none(), "`{marker}` reached the log: {line:?}");
+    }
+}
+
+/// Opens an issuer with `store` (a `[store]` section, or none: SQLite),
+/// syncs, asks for grants with good and bad credentials and a bad admin
+/// token; returns every secret that went through it.
+async fn flows(store: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -62,7 +103,7 @@ async fn no_secret_reaches_the_log() {
     std::fs::write(
         &config_file,
         format!(
-            "[issuer]\nurl = \"{base}\"\nstate_dir = \"{}\"\n\
+            "{store}[issuer]\nurl = \"{base}\"\nstate_dir = \"{}\"\n\
              [kubernetes]\nissuer = \"https://k8s.test\"\njwks_file = \"{}\"\n\
              [[kubernetes.bindings]]\nservice_account = \"main:web\"\n\
              workload = \"app/web\"\nenvironment = \"main\"\n",
@@ -142,32 +183,8 @@ async fn no_secret_reaches_the_log() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(grants.len(), 2, "the flows ran");
-
-    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    assert!(log.contains("grant issued"), "the log was captured");
-    assert!(
-        log.contains("bootstrap=\"kubernetes\"") || log.contains("bootstrap=kubernetes"),
-        "the Kubernetes grant was logged"
-    );
-    assert!(
-        log.contains("service_account=main:web") && log.contains("pod=\"web-0\""),
-        "with its service account and pod"
-    );
-    for secret in [
-        credential.as_str(),
-        admin,
-        wrong_admin.as_str(),
-        &grants[0],
-        &grants[1],
-        &web_sa,
-        &batch_sa,
-        &wrong_aud_sa,
-    ] {
-        let tail = &secret[secret.len() - 20..];
-        assert!(!log.contains(tail), "a secret reached the log");
-    }
-    for marker in ["ap_wc_", "ap_admin_", "eyJ"] {
-        let line = log.lines().find(|l| l.contains(marker));
-        assert!(line.is_none(), "`{marker}` reached the log: {line:?}");
-    }
+    let mut secrets = vec![credential, admin.to_owned(), wrong_admin];
+    secrets.extend(grants);
+    secrets.extend([web_sa, batch_sa, wrong_aud_sa]);
+    secrets
 }

@@ -3,12 +3,18 @@
 //!
 //! Decisions (who may have a grant, what a sync changes) are made by the
 //! issuer from what the store returns, never inside an implementation, so a
-//! second backend (PostgreSQL, for more than one issuer node) only has to
-//! store and load. Writes that must stay consistent happen in one
-//! transaction per call, and a sync is applied only if the environment is
-//! still at the version it was planned against (optimistic locking: a plain
-//! `UPDATE … WHERE version = ?` that works the same on every SQL database).
+//! backend only has to store and load. Writes that must stay consistent
+//! happen in one transaction per call, and a sync is applied only if the
+//! environment is still at the version it was planned against (optimistic
+//! locking: a plain `UPDATE … WHERE version = $n` that works the same on
+//! every SQL database, and across issuer nodes on PostgreSQL).
+//!
+//! Backends: [`SqliteStore`] (one node, one file) and [`PostgresStore`]
+//! (any number of nodes), sharing every statement through `sql`. The
+//! contract they both meet is `tests/store_contract.rs`, run against each.
 
+mod postgres;
+mod sql;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -20,6 +26,7 @@ use authproxy_core::{Environment, ScopeSet, WorkloadId};
 
 use crate::secret::SecretHash;
 
+pub use postgres::{PostgresStore, PostgresUrl};
 pub use sqlite::SqliteStore;
 
 /// What every store method returns: a boxed future, so that the issuer can
@@ -34,7 +41,7 @@ pub enum StoreError {
     /// The database could not be opened or created.
     #[error("cannot open the store {location}: {source}")]
     Open {
-        /// Where (a path; never a URL with a password).
+        /// Where: a path, or a URL with its password shown as `***`.
         location: String,
         /// Why.
         source: sqlx::Error,
@@ -138,6 +145,29 @@ pub struct SyncState {
     pub identities: BTreeMap<String, IdentityRecord>,
     /// Its workloads, removed ones included.
     pub workloads: BTreeMap<WorkloadId, WorkloadRecord>,
+}
+
+impl SyncState {
+    /// The state of `environment` at `version` from its records.
+    pub(crate) fn from_records(
+        environment: Environment,
+        version: i64,
+        identities: Vec<IdentityRecord>,
+        workloads: Vec<WorkloadRecord>,
+    ) -> Self {
+        Self {
+            environment,
+            version,
+            identities: identities
+                .into_iter()
+                .map(|i| (i.name.clone(), i))
+                .collect(),
+            workloads: workloads
+                .into_iter()
+                .map(|w| (w.workload.clone(), w))
+                .collect(),
+        }
+    }
 }
 
 /// What a sync writes, computed by [`crate::sync::plan`]; applied in one
