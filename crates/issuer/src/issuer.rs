@@ -227,7 +227,10 @@ impl Issuer {
         &self.store
     }
 
-    /// Every live root public key of every node, as a JWKS.
+    /// Every live root public key of every node, as a JWKS. Read from the
+    /// store at every call, never cached: each node publishes another
+    /// node's new key as soon as that node has recorded it, so an upstream
+    /// may trust any one node's JWKS.
     pub async fn jwks(&self, now: u64) -> Result<Jwks, IssuerError> {
         let keys = self.store.live_root_keys(now).await?;
         Ok(Jwks::publish(keys.iter().map(|k| &k.public_key)))
