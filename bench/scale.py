@@ -23,6 +23,7 @@ the machine's cores.
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -217,6 +218,7 @@ def main():
             finally:
                 for n in nodes:
                     n.stop()
+                shutil.rmtree(d)
             print(name, runs[name], flush=True)
 
         # 2. Footprint of 10,000 workloads, then of a grant for each.
@@ -239,6 +241,7 @@ def main():
             footprint[name] = {"empty": empty, "synced": synced, "granted": granted,
                                "sync_s": sync_s, "grants": ok, "grant_s": grant_s,
                                "tables": pg_sizes(pg, store) if store else None}
+            shutil.rmtree(d)
             print(name, footprint[name], flush=True)
     finally:
         pg.close()
