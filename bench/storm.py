@@ -10,9 +10,6 @@ Loopback only. Needs the `cryptography` package for the keys.
 Uses target/release/authproxy (built here unless AUTHPROXY_BIN names
 another binary; the report says which one ran).
 """
-import base64
-import http.client
-import json
 import multiprocessing as mp
 import os
 import statistics
@@ -21,10 +18,8 @@ import sys
 import tempfile
 import time
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 import harness as h
+from grants import client, merge, percentile
 
 CLIENTS = int(sys.argv[1]) if len(sys.argv) > 1 else 16
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
@@ -38,47 +33,6 @@ def declarations():
         lines.append("    authorizations:")
         lines.append("      - { type: env, action: view }")
     return "\n".join(lines) + "\n"
-
-
-def fresh_jwk():
-    raw = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return {"kty": "OKP", "crv": "Ed25519",
-            "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
-
-
-def client(args):
-    """One keep-alive client cycling through its share of the sidecars until
-    `stop`; returns (latencies in ms, statuses)."""
-    port, sidecars, start, stop = args
-    while time.time() < start:
-        time.sleep(0.001)
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    lat, statuses, i = [], {}, 0
-    while time.time() < stop:
-        workload, credential = sidecars[i % len(sidecars)]
-        i += 1
-        body = json.dumps({"workload": workload, "environment": "main",
-                           "public_key": fresh_jwk()})
-        t0 = time.perf_counter()
-        try:
-            conn.request("POST", "/v1/grants", body=body,
-                         headers={"authorization": f"Bearer {credential}",
-                                  "content-type": "application/json"})
-            r = conn.getresponse()
-            r.read()
-            code = r.status
-        except (OSError, http.client.HTTPException):
-            conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            code = "error"
-        lat.append((time.perf_counter() - t0) * 1000)
-        statuses[code] = statuses.get(code, 0) + 1
-    return lat, statuses
-
-
-def percentile(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 def main():
@@ -118,11 +72,7 @@ def main():
         issuer.terminate()
         issuer.wait()
 
-    lat = [x for r in results for x in r[0]]
-    statuses = {}
-    for _, s in results:
-        for k, v in s.items():
-            statuses[k] = statuses.get(k, 0) + v
+    lat, statuses = merge(results)
     ok = statuses.get(200, 0)
     profile = "release" if os.sep + "release" + os.sep in binary else "debug"
     lines = [

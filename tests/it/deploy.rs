@@ -345,6 +345,121 @@ fn compose_services_match_the_binary() {
     assert_eq!(arg_after(&api, "--audience"), "http://api:8300");
 }
 
+/// The environment a compose service sets, as a map.
+fn compose_env(svc: &Value) -> HashMap<String, String> {
+    svc["environment"]
+        .as_mapping()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().unwrap().to_owned(),
+                        v.as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `deploy/compose.postgres.yaml` on top of `deploy/compose.yaml`: two issuer
+/// nodes with their own state volumes on the `postgres` service (the
+/// password from PGPASSWORD, not in the URL), and sidecars listing both.
+#[test]
+fn the_postgres_compose_override_runs_two_nodes_on_one_store() {
+    let base = yaml("deploy/compose.yaml");
+    let over = yaml("deploy/compose.postgres.yaml");
+    let services = over["services"].as_mapping().unwrap();
+    let svc = |n: &str| services[&Value::from(n)].clone();
+    let postgres = compose_env(&svc("postgres"));
+    let issuer_toml = std::fs::read_to_string("deploy/config/issuer.toml").unwrap();
+
+    let mut states = Vec::new();
+    for node in ["issuer", "issuer-b"] {
+        let env = compose_env(&svc(node));
+        assert_eq!(env["PGPASSWORD"], postgres["POSTGRES_PASSWORD"], "{node}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("issuer.toml");
+        std::fs::write(&f, &issuer_toml).unwrap();
+        let overrides = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("AUTHPROXY__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let cfg = authproxy_issuer::IssuerConfig::load_with_env(&f, Some(overrides))
+            .unwrap_or_else(|e| panic!("{node}: {e}"));
+        let store = format!("{:?}", cfg.store.url);
+        assert_eq!(
+            store,
+            format!(
+                "postgres://{}@postgres/{}",
+                postgres["POSTGRES_USER"], postgres["POSTGRES_DB"]
+            ),
+            "{node}: no password in the URL"
+        );
+        assert_eq!(
+            svc(node)["depends_on"]["postgres"]["condition"].as_str(),
+            Some("service_healthy"),
+            "{node}"
+        );
+        // Its own state volume (the base file's for `issuer`).
+        let mounts = if node == "issuer" {
+            compose_mounts(&base["services"]["issuer"])
+        } else {
+            assert_eq!(
+                strs(&svc(node)["command"]),
+                strs(&base["services"]["issuer"]["command"])
+            );
+            compose_mounts(&svc(node))
+        };
+        let state = mounts
+            .iter()
+            .find(|m| Path::new(&m.target) == cfg.issuer.state_dir)
+            .unwrap_or_else(|| panic!("{node}: no state volume: {mounts:?}"));
+        assert!(!state.read_only, "{node}");
+        states.push(state.source.clone());
+    }
+    assert_ne!(states[0], states[1], "each node keeps its own root key");
+    assert!(
+        over["volumes"]
+            .as_mapping()
+            .unwrap()
+            .contains_key(states[1].as_str())
+    );
+
+    // Every sidecar of the base file lists both nodes, in order.
+    let toml_text = std::fs::read_to_string("deploy/config/authproxy.toml").unwrap();
+    let mut sidecars = 0;
+    for (name, s) in base["services"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        if !name.ends_with("-authproxy") {
+            continue;
+        }
+        sidecars += 1;
+        let mut env = compose_env(s);
+        env.extend(compose_env(&svc(name)));
+        let cfg = load(&toml_text, &env);
+        let issuers: Vec<String> = cfg
+            .trust
+            .remote()
+            .unwrap()
+            .issuers
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            issuers,
+            ["http://issuer:8400/", "http://issuer-b:8400/"],
+            "{name}"
+        );
+        // No sidecar mounts either node's state.
+        for m in compose_mounts(s) {
+            assert!(!states.contains(&m.source), "{name}: {m:?}");
+        }
+    }
+    assert_eq!(sidecars, 2);
+}
+
 #[test]
 fn kubernetes_manifests_match_the_binary() {
     let cm = yaml("deploy/kubernetes/configmap.yaml");

@@ -21,6 +21,7 @@ mod e2e;
 mod hardening;
 mod health;
 mod listen;
+mod nodes;
 mod openid_client;
 mod operations;
 mod pat;

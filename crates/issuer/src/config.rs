@@ -20,6 +20,8 @@ use authproxy_core::pat::MAX_PAT_LIFETIME;
 use authproxy_core::{Environment, WorkloadId};
 use serde::Deserialize;
 
+use crate::store::PostgresUrl;
+
 /// Default `[server] listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8400";
 /// Default `[issuer] url`.
@@ -124,15 +126,20 @@ pub struct StoreConfig {
 #[non_exhaustive]
 pub enum StoreUrl {
     /// `sqlite://PATH`: a SQLite database file, created on first start.
+    /// One node.
     Sqlite(PathBuf),
+    /// `postgres://…`: a PostgreSQL database (which must exist) shared by
+    /// every issuer node.
+    Postgres(PostgresUrl),
 }
 
 impl fmt::Debug for StoreUrl {
-    // Written by hand so that a future `postgres://user:password@…` variant
-    // has to decide what it prints; a SQLite path holds no secret.
+    // Written by hand so that each variant decides what it prints: a SQLite
+    // path holds no secret; a PostgreSQL URL shows its password as `***`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            Self::Postgres(url) => write!(f, "{url}"),
         }
     }
 }
@@ -591,14 +598,15 @@ impl Validator<'_> {
         }
         // Never echo a postgres URL: it may carry a password.
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(self.invalid(
-                key,
-                "is a PostgreSQL URL, which this build does not support yet; use sqlite://PATH",
-            ));
+            let url = PostgresUrl::parse(&url)
+                .map_err(|problem| self.invalid(key, format!("the PostgreSQL URL {problem}")))?;
+            return Ok(StoreConfig {
+                url: StoreUrl::Postgres(url),
+            });
         }
         Err(self.invalid(
             key,
-            "must be sqlite://PATH (PostgreSQL support comes in a later version)",
+            "must be sqlite://PATH (one node) or postgres://[USER@]HOST/DATABASE (several nodes)",
         ))
     }
 
@@ -870,10 +878,31 @@ mod tests {
     }
 
     #[test]
-    fn the_store_url_is_sqlite_for_now_and_a_postgres_password_is_never_echoed() {
-        let e = error_of("[store]\nurl = \"postgres://u:hunter2@db/issuer\"\n", &[]);
-        assert!(e.contains("`store.url`") && e.contains("PostgreSQL"), "{e}");
-        assert!(!e.contains("hunter2"), "{e}");
+    fn the_store_url_is_sqlite_or_postgres_and_a_postgres_password_is_never_echoed() {
+        let c = load("[store]\nurl = \"postgres://u:hunter2@db/issuer\"\n", &[]).unwrap();
+        assert_eq!(
+            format!("{:?}", c.store.url),
+            "postgres://u:***@db/issuer",
+            "as logged at start"
+        );
+        let c = load(
+            "",
+            &[(
+                "AUTHPROXY__STORE__URL",
+                "postgresql:///issuer?host=/run/postgresql",
+            )],
+        )
+        .unwrap();
+        assert!(matches!(c.store.url, StoreUrl::Postgres(_)));
+        for bad in [
+            "postgres://u:hunter2@db/issuer?sslmode=verify-full",
+            "postgres://u:hunter2@db/issuer?pasword=hunter2",
+            "postgres://u:hunter2@db",
+        ] {
+            let e = error_of(&format!("[store]\nurl = \"{bad}\"\n"), &[]);
+            assert!(e.contains("`store.url`") && e.contains("PostgreSQL"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
         for bad in ["sqlite://", "sqlite://x.db?mode=ro", "mysql://db", "x.db"] {
             let e = error_of(&format!("[store]\nurl = \"{bad}\"\n"), &[]);
             assert!(e.contains("`store.url`"), "{bad}: {e}");

@@ -29,7 +29,8 @@ use crate::root_keys::RootKeyRing;
 use crate::secret::{ADMIN_TOKEN_PREFIX, Secret, WORKLOAD_CREDENTIAL_PREFIX};
 use crate::state_dir::{StateFileError, load_or_create_admin_token, load_or_create_node_id};
 use crate::store::{
-    BootstrapKind, CredentialOwner, GrantRecord, SqliteStore, Store, StoreError, SyncApplied,
+    BootstrapKind, CredentialOwner, GrantRecord, PostgresStore, SqliteStore, Store, StoreError,
+    SyncApplied,
 };
 use crate::sync::{self, Plan};
 
@@ -205,6 +206,7 @@ impl Issuer {
         };
         let store: Arc<dyn Store> = match &config.store.url {
             StoreUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
+            StoreUrl::Postgres(url) => Arc::new(PostgresStore::open(url).await?),
         };
         let ring = RootKeyRing::new(keys);
         credentials::open_root_keys(&config, store.as_ref(), &ring, &node, now).await?;
@@ -256,7 +258,10 @@ impl Issuer {
         &self.store
     }
 
-    /// Every live root public key of every node, as a JWKS.
+    /// Every live root public key of every node, as a JWKS. Read from the
+    /// store at every call, never cached: each node publishes another
+    /// node's new key as soon as that node has recorded it, so an upstream
+    /// may trust any one node's JWKS.
     pub async fn jwks(&self, now: u64) -> Result<Jwks, IssuerError> {
         let keys = self.store.live_root_keys(now).await?;
         Ok(Jwks::publish(keys.iter().map(|k| &k.public_key)))

@@ -17,7 +17,10 @@
 //! - [`sync`] — the pure sync planner: declarations vs the store's state →
 //!   plan (created / updated / unchanged / removed) and the changes to write.
 //! - [`store`] — the [`store::Store`] trait (one method per use case, `now`
-//!   passed in) and its SQLite implementation; migrations in `migrations/sqlite/`.
+//!   passed in) and its two implementations, sharing every statement:
+//!   SQLite (one node; `migrations/sqlite/`) and PostgreSQL (any number of
+//!   nodes on one database; `migrations/postgres/`). `tests/store_contract.rs`
+//!   holds both to one contract.
 //! - [`secret`] — `ap_wc_…` workload credentials and `ap_admin_…` admin
 //!   tokens: generated, shown once, stored as SHA-256, compared in constant
 //!   time; the type that keeps PAT values and access tokens out of logs.

@@ -1,8 +1,9 @@
 //! The canary: open, sync, grants, personal access tokens (create, update,
 //! exchange, delete) and refusals run with every crate logging at TRACE
-//! into a buffer; afterwards no workload credential, Kubernetes
-//! service-account token, admin token, grant, PAT value or exchanged access
-//! token may appear in it, nor in any refusal's body.
+//! into a buffer — on SQLite, then on PostgreSQL through a URL that carries
+//! a password; afterwards no workload credential, Kubernetes
+//! service-account token, admin token, grant, PAT value, exchanged access
+//! token or store password may appear in it, nor in any refusal's body.
 //!
 //! Its own test binary: it installs the process-wide log subscriber, which
 //! must capture this test's flows and nothing else.
@@ -43,6 +44,57 @@ async fn no_secret_reaches_the_log() {
         .with_ansi(false)
         .init();
 
+    let (mut secrets, mut refusals) = flows("").await;
+    // Trust authentication ignores the password; the driver still holds it.
+    let password = "canary-store-password";
+    let url = authproxy_test_support::fresh_database().replacen(
+        "://authproxy@",
+        &format!("://authproxy:{password}@"),
+        1,
+    );
+    let (more, more_refusals) = flows(&format!("[store]\nurl = \"{url}\"\n")).await;
+    secrets.extend(more);
+    refusals.extend(more_refusals);
+    secrets.push(password.to_owned());
+
+    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("grant issued"), "the log was captured");
+    assert!(
+        log.contains("bootstrap=\"kubernetes\"") || log.contains("bootstrap=kubernetes"),
+        "the Kubernetes grant was logged"
+    );
+    assert!(
+        log.contains("service_account=main:web") && log.contains("pod=\"web-0\""),
+        "with its service account and pod"
+    );
+    assert!(
+        log.contains("PAT exchanged for an access token") && log.contains("pat=ci"),
+        "the exchange was logged, by name"
+    );
+    assert!(
+        log.contains("store=postgres://authproxy:***@localhost/"),
+        "the store was logged, hidden"
+    );
+    for secret in &secrets {
+        let tail = &secret[secret.len() - 20..];
+        assert!(!log.contains(tail), "a secret reached the log");
+        for body in &refusals {
+            assert!(!body.contains(tail), "a secret reached a refusal: {body}");
+        }
+    }
+    for marker in ["ap_wc_", "ap_admin_", "ap_pat_", "eyJ"] {
+        let line = log.lines().find(|l| l.contains(marker));
+        assert!(line.is_none(), "`{marker}` reached the log: {line:?}");
+        let body = refusals.iter().find(|b| b.contains(marker));
+        assert!(body.is_none(), "`{marker}` reached a refusal: {body:?}");
+    }
+}
+
+/// Opens an issuer with `store` (a `[store]` section, or none: SQLite),
+/// syncs, asks for grants with good and bad credentials and a bad admin
+/// token, creates, updates, exchanges and deletes a PAT; returns every
+/// secret that went through it and the body of every refusal.
+async fn flows(store: &str) -> (Vec<String>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -64,7 +116,7 @@ async fn no_secret_reaches_the_log() {
     std::fs::write(
         &config_file,
         format!(
-            "[issuer]\nurl = \"{base}\"\nstate_dir = \"{}\"\n\
+            "{store}[issuer]\nurl = \"{base}\"\nstate_dir = \"{}\"\n\
              [kubernetes]\nissuer = \"https://k8s.test\"\njwks_file = \"{}\"\n\
              [[kubernetes.bindings]]\nservice_account = \"main:web\"\n\
              workload = \"app/web\"\nenvironment = \"main\"\n",
@@ -249,45 +301,10 @@ async fn no_secret_reaches_the_log() {
     assert_eq!(feed["revocations"].as_array().unwrap().len(), 2);
     assert_eq!(access_tokens.len(), 2, "the exchanges ran");
 
-    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    assert!(log.contains("grant issued"), "the log was captured");
-    assert!(
-        log.contains("bootstrap=\"kubernetes\"") || log.contains("bootstrap=kubernetes"),
-        "the Kubernetes grant was logged"
-    );
-    assert!(
-        log.contains("service_account=main:web") && log.contains("pod=\"web-0\""),
-        "with its service account and pod"
-    );
-    assert!(
-        log.contains("PAT exchanged for an access token") && log.contains("pat=ci"),
-        "the exchange was logged, by name"
-    );
-    let secrets = [
-        credential.as_str(),
-        admin,
-        wrong_admin.as_str(),
-        &grants[0],
-        &grants[1],
-        &web_sa,
-        &batch_sa,
-        &wrong_aud_sa,
-    ]
-    .into_iter()
-    .chain(pat_values.iter().map(String::as_str))
-    .chain([typo.as_str()])
-    .chain(access_tokens.iter().map(String::as_str));
-    for secret in secrets {
-        let tail = &secret[secret.len() - 20..];
-        assert!(!log.contains(tail), "a secret reached the log");
-        for body in &refusals {
-            assert!(!body.contains(tail), "a secret reached a refusal: {body}");
-        }
-    }
-    for marker in ["ap_wc_", "ap_admin_", "ap_pat_", "eyJ"] {
-        let line = log.lines().find(|l| l.contains(marker));
-        assert!(line.is_none(), "`{marker}` reached the log: {line:?}");
-        let body = refusals.iter().find(|b| b.contains(marker));
-        assert!(body.is_none(), "`{marker}` reached a refusal: {body:?}");
-    }
+    let mut secrets = vec![credential, admin.to_owned(), wrong_admin, typo];
+    secrets.extend(grants);
+    secrets.extend([web_sa, batch_sa, wrong_aud_sa]);
+    secrets.extend(pat_values);
+    secrets.extend(access_tokens);
+    (secrets, refusals)
 }

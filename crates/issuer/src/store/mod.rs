@@ -3,15 +3,24 @@
 //!
 //! Decisions (who may have a grant, what a sync changes) are made by the
 //! issuer from what the store returns, never inside an implementation, so a
-//! second backend (PostgreSQL, for more than one issuer node) only has to
-//! store and load. Writes that must stay consistent happen in one
-//! transaction per call, and a sync is applied only if the environment is
-//! still at the version it was planned against (optimistic locking: a plain
-//! `UPDATE … WHERE version = ?` that works the same on every SQL database).
-//! A PAT update is guarded the same way, by the version id (`jti`) it
-//! replaces.
+//! backend only has to store and load. Writes that must stay consistent
+//! happen in one transaction per call, and a sync is applied only if the
+//! environment is still at the version it was planned against (optimistic
+//! locking: a plain `UPDATE … WHERE version = $n` that works the same on
+//! every SQL database, and across issuer nodes on PostgreSQL). A PAT update
+//! is guarded the same way, by the version id (`jti`) it replaces.
+//!
+//! Backends: [`SqliteStore`] (one node, one file) and [`PostgresStore`]
+//! (any number of nodes). The statements of sync, grants, root keys and
+//! admin tokens are shared through `sql`; PATs, the revocation feed and the
+//! credential lifecycle have a module per backend, because PostgreSQL adds
+//! what several nodes need there (an advisory lock ordering the feed's
+//! cursor, `FOR UPDATE SKIP LOCKED` in the task claim). The contract they
+//! both meet is `tests/store_contract.rs`, run against each.
 
 mod credentials;
+mod postgres;
+mod sql;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -28,6 +37,7 @@ pub use credentials::{
     Claim, CredentialRecord, CredentialRegistration, CredentialStore, NewWorkloadCredential,
     TaskChanges, TaskRecord, UnregisteredWorkloadCredential, VersionRecord, VersionUpdate,
 };
+pub use postgres::{PostgresStore, PostgresUrl};
 pub use sqlite::SqliteStore;
 
 /// What every store method returns: a boxed future, so that the issuer can
@@ -42,7 +52,7 @@ pub enum StoreError {
     /// The database could not be opened or created.
     #[error("cannot open the store {location}: {source}")]
     Open {
-        /// Where (a path; never a URL with a password).
+        /// Where: a path, or a URL with its password shown as `***`.
         location: String,
         /// Why.
         source: sqlx::Error,
@@ -146,6 +156,29 @@ pub struct SyncState {
     pub identities: BTreeMap<String, IdentityRecord>,
     /// Its workloads, removed ones included.
     pub workloads: BTreeMap<WorkloadId, WorkloadRecord>,
+}
+
+impl SyncState {
+    /// The state of `environment` at `version` from its records.
+    pub(crate) fn from_records(
+        environment: Environment,
+        version: i64,
+        identities: Vec<IdentityRecord>,
+        workloads: Vec<WorkloadRecord>,
+    ) -> Self {
+        Self {
+            environment,
+            version,
+            identities: identities
+                .into_iter()
+                .map(|i| (i.name.clone(), i))
+                .collect(),
+            workloads: workloads
+                .into_iter()
+                .map(|w| (w.workload.clone(), w))
+                .collect(),
+        }
+    }
 }
 
 /// What a sync writes, computed by [`crate::sync::plan`]; applied in one
