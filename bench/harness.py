@@ -15,9 +15,19 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
-# Where cargo puts the release build: $CARGO_TARGET_DIR when set (worktrees
-# sharing one target directory), else the workspace's target/.
-REL = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
+
+
+def target_dir():
+    """Where cargo puts builds ($CARGO_TARGET_DIR, config, wrappers): cargo says."""
+    try:
+        out = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return json.loads(out)["target_directory"]
+    except (OSError, subprocess.CalledProcessError, ValueError, KeyError):
+        return os.path.join(ROOT, "target")
+
+
+REL = os.path.join(target_dir(), "release")
 AUTHPROXY = os.path.join(REL, "authproxy")
 UPSTREAM = os.path.join(REL, "examples", "environment_api")
 MINT = os.path.join(REL, "examples", "mint_tokens")
