@@ -14,7 +14,7 @@ use authproxy_core::grant::Grant;
 use authproxy_core::keys::{KeyError, PublicKey, SigningKey, random_id};
 use authproxy_core::proof;
 use authproxy_core::shared::Shared;
-use authproxy_core::token::{MintError, MintRequest, Minted, mint};
+use authproxy_core::token::{MintError, MintRequest, Minted, Minter};
 
 /// Most distinct (scope, ttl) entries the reuse cache holds before it sweeps.
 const CACHE_SWEEP_AT: usize = 64;
@@ -28,17 +28,13 @@ pub struct TokenSettings {
     pub reuse: bool,
 }
 
-/// A sidecar key and the grant that binds it: swapped together.
-#[derive(Debug)]
-struct Signer {
-    key: Arc<SigningKey>,
-    grant: Arc<Grant>,
-}
-
 /// A sidecar's key, grant and reuse cache. Cheap to share behind an `Arc`.
+///
+/// The key and the grant that binds it are swapped together, as one
+/// [`Minter`] (which also holds what they fix in every token, rendered).
 pub struct Sidecar {
     settings: TokenSettings,
-    signer: Shared<Signer>,
+    signer: Shared<Minter>,
     cache: Mutex<HashMap<(String, u64), Arc<Minted>>>,
 }
 
@@ -64,33 +60,30 @@ impl Sidecar {
     pub fn new(key: SigningKey, grant: Grant, settings: TokenSettings) -> Self {
         Self {
             settings,
-            signer: Shared::new(Signer {
-                key: Arc::new(key),
-                grant: Arc::new(grant),
-            }),
+            signer: Shared::new(Minter::new(Arc::new(key), Arc::new(grant))),
             cache: Mutex::new(HashMap::new()),
         }
     }
 
     /// The public half of the current sidecar key, which grants bind.
     pub fn public_key(&self) -> PublicKey {
-        self.signer.load().key.public().clone()
+        self.signer.load().key().public().clone()
     }
 
     /// The current grant.
     pub fn grant(&self) -> Arc<Grant> {
-        Arc::clone(&self.signer.load().grant)
+        Arc::clone(self.signer.load().grant())
     }
 
     /// The workload's authorizations: the current grant's scope.
     pub fn ceiling(&self) -> Arc<ScopeSet> {
-        self.signer.load().grant.shared_scope()
+        self.signer.load().grant().shared_scope()
     }
 
     /// Installs a new grant for the current key; tokens minted under the
     /// old one are no longer handed out.
     pub fn install(&self, grant: Grant) {
-        let key = Arc::clone(&self.signer.load().key);
+        let key = Arc::clone(self.signer.load().key());
         self.store(key, grant);
     }
 
@@ -102,10 +95,7 @@ impl Sidecar {
     }
 
     fn store(&self, key: Arc<SigningKey>, grant: Grant) {
-        self.signer.store(Signer {
-            key,
-            grant: Arc::new(grant),
-        });
+        self.signer.store(Minter::new(key, Arc::new(grant)));
         self.lock_cache().clear();
     }
 
@@ -113,12 +103,12 @@ impl Sidecar {
     /// (see [`authproxy_core::proof`]).
     pub fn prove(&self, nonce: &str) -> Result<String, KeyError> {
         let signer = self.signer.load();
-        proof::prove(&signer.key, &signer.grant, nonce)
+        proof::prove(signer.key(), signer.grant(), nonce)
     }
 
     /// Ready means: holds a grant valid now.
     pub fn is_ready(&self, now: u64) -> bool {
-        self.signer.load().grant.is_valid_at(now)
+        self.signer.load().grant().is_valid_at(now)
     }
 
     /// Hands out a token for `scope` (already checked against the ceiling by
@@ -180,10 +170,7 @@ impl Sidecar {
         ttl_secs: u64,
         now: u64,
     ) -> Result<Issued, MintError> {
-        let signer = self.signer.load();
-        let minted = mint(
-            &signer.key,
-            &signer.grant,
+        let minted = self.signer.load().mint(
             MintRequest {
                 audience: &self.settings.audience,
                 scope,
