@@ -77,7 +77,7 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
         }
     } else {
         match host.rsplit_once(':') {
-            Some((name, port)) if valid_port(&format!(":{port}")) => name,
+            Some((name, port)) if port.parse::<u16>().is_ok() => name,
             Some(_) => return false,
             None => host,
         }
