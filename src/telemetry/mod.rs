@@ -13,6 +13,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tower_http::request_id::{MakeRequestId, RequestId};
 
+mod json_log;
+
+pub use json_log::JsonLine;
+
 /// Labels of `authproxy_tokens_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
@@ -219,7 +223,11 @@ pub fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(ansi).init(),
-        LogFormat::Json => builder.json().with_current_span(true).init(),
+        // The stock `json()` line, written by a leaner formatter.
+        LogFormat::Json => builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(JsonLine)
+            .init(),
     }
 }
 
