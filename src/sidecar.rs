@@ -6,7 +6,6 @@
 //! ceiling *is* the grant's scope: a renewal and a reload cannot leave a
 //! ceiling and a grant that disagree, nor a key its grant does not bind.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use authproxy_core::ScopeSet;
@@ -35,7 +34,19 @@ pub struct TokenSettings {
 pub struct Sidecar {
     settings: TokenSettings,
     signer: Shared<Minter>,
-    cache: Mutex<HashMap<(String, u64), Arc<Minted>>>,
+    cache: Mutex<Vec<Cached>>,
+}
+
+/// A token in the reuse cache, with the scope and lifetime it was asked for.
+///
+/// The cache is a short list searched in order (a sidecar asks for a few
+/// distinct scopes at most): a lookup compares sets instead of formatting
+/// the scope into a string key, which the proxy would do on every request.
+#[derive(Debug)]
+struct Cached {
+    scope: ScopeSet,
+    ttl_secs: u64,
+    minted: Arc<Minted>,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -61,7 +72,7 @@ impl Sidecar {
         Self {
             settings,
             signer: Shared::new(Minter::new(Arc::new(key), Arc::new(grant))),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Vec::new()),
         }
     }
 
@@ -137,26 +148,33 @@ impl Sidecar {
         ttl_secs: u64,
         now: u64,
     ) -> Result<Issued, MintError> {
-        let cache_key = (scope.to_string(), ttl_secs);
         let mut cache = self.lock_cache();
-        if let Some(hit) = cache.get(&cache_key) {
-            let c = &hit.claims;
+        if let Some(hit) = cache
+            .iter()
+            .find(|c| c.ttl_secs == ttl_secs && c.scope == *scope)
+        {
+            let c = &hit.minted.claims;
             let life = c.exp.saturating_sub(c.iat);
             if c.exp.saturating_sub(now) * 2 >= life && now >= c.iat {
                 return Ok(Issued {
-                    minted: Arc::clone(hit),
+                    minted: Arc::clone(&hit.minted),
                     reused: true,
                 });
             }
         }
         let minted = self.mint_fresh(scope, ttl_secs, now)?.minted;
+        cache.retain(|c| c.ttl_secs != ttl_secs || c.scope != *scope);
         if cache.len() >= CACHE_SWEEP_AT {
-            cache.retain(|_, m| m.claims.exp > now);
+            cache.retain(|c| c.minted.claims.exp > now);
             if cache.len() >= CACHE_SWEEP_AT {
                 cache.clear();
             }
         }
-        cache.insert(cache_key, Arc::clone(&minted));
+        cache.push(Cached {
+            scope: scope.clone(),
+            ttl_secs,
+            minted: Arc::clone(&minted),
+        });
         Ok(Issued {
             minted,
             reused: false,
@@ -188,7 +206,7 @@ impl Sidecar {
         })
     }
 
-    fn lock_cache(&self) -> MutexGuard<'_, HashMap<(String, u64), Arc<Minted>>> {
+    fn lock_cache(&self) -> MutexGuard<'_, Vec<Cached>> {
         // A panic while holding the lock cannot leave the map inconsistent
         // (every operation on it is a single call), so recover from poison.
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
