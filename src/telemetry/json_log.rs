@@ -8,14 +8,21 @@
 //! `spans`, and checks every serializer write for UTF-8: about 26 k
 //! instructions per line, a third of what a fresh token cost besides its
 //! signature (bench/PROFILE.md). Here the stored fields (already JSON, from
-//! [`JsonFields`](tracing_subscriber::fmt::format::JsonFields)) are copied
-//! as they are, and values are escaped straight into the line.
+//! [`JsonSpanFields`]) are copied as they are, and values are escaped
+//! straight into the line.
+//!
+//! [`JsonSpanFields`] stores a span's fields as `JsonFields` does (a JSON
+//! object, keys sorted), but writes the usual few directly instead of
+//! through a `serde_json::Value` map: a request span costs 0.6 k
+//! instructions instead of 3.2 k.
 
 use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
+use tracing::span::Record;
 use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime as _, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
@@ -157,6 +164,109 @@ impl Visit for Fields<'_, '_> {
     }
 }
 
+/// A span's fields as a JSON object with sorted keys, exactly as
+/// [`JsonFields`] stores them (see the module documentation).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonSpanFields;
+
+impl<'w> FormatFields<'w> for JsonSpanFields {
+    fn format_fields<R: RecordFields>(&self, mut w: Writer<'w>, fields: R) -> fmt::Result {
+        let mut out = String::new();
+        let mut direct = SpanFields {
+            w: Writer::new(&mut out),
+            last: None,
+            fallback: false,
+        };
+        direct.w.write_char('{')?;
+        fields.record(&mut direct);
+        if direct.fallback {
+            return JsonFields::new().format_fields(w, fields);
+        }
+        out.push('}');
+        w.write_str(&out)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut FormattedFields<Self>,
+        fields: &Record<'_>,
+    ) -> fmt::Result {
+        // Recording into a live span is rare: merge as `JsonFields` does.
+        let mut stock = FormattedFields::<JsonFields>::new(std::mem::take(&mut current.fields));
+        let merged = JsonFields::new().add_fields(&mut stock, fields);
+        current.fields = stock.fields;
+        merged
+    }
+}
+
+/// Writes fields whose names come in strictly increasing order and whose
+/// values are strings, integers, booleans or `Debug` text; anything else
+/// (out of order, repeated, `log.` or `r#` names, floats, bytes) asks for
+/// the stock formatter.
+struct SpanFields<'w> {
+    w: Writer<'w>,
+    last: Option<&'static str>,
+    fallback: bool,
+}
+
+impl SpanFields<'_> {
+    fn member(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        let name = field.name();
+        if self.fallback
+            || self.last.is_some_and(|last| last >= name)
+            || name.starts_with("log.")
+            || name.starts_with("r#")
+        {
+            self.fallback = true;
+            return;
+        }
+        let comma = if self.last.is_some() { "," } else { "" };
+        self.last = Some(name);
+        let w = &mut self.w;
+        let written = (|| {
+            w.write_str(comma)?;
+            write_str(w, name)?;
+            w.write_char(':')?;
+            value(w)
+        })();
+        self.fallback |= written.is_err();
+    }
+}
+
+impl Visit for SpanFields<'_> {
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.member(field, |w| w.write_str(if value { "true" } else { "false" }));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.member(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.member(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_f64(&mut self, _: &Field, _: f64) {
+        self.fallback = true;
+    }
+
+    fn record_bytes(&mut self, _: &Field, _: &[u8]) {
+        self.fallback = true;
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.member(field, |w| write_str(w, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.member(field, |w| {
+            w.write_char('"')?;
+            write!(Escaped(w), "{value:?}")?;
+            w.write_char('"')
+        });
+    }
+}
+
 /// `s` as a JSON string.
 fn write_str(w: &mut Writer<'_>, s: &str) -> fmt::Result {
     w.write_char('"')?;
@@ -245,13 +355,18 @@ mod tests {
             ctl = "\u{1}\u{8}\t\u{c}\r\u{1f}\u{7f}é\\",
             "token issued"
         );
-        let inner = tracing::warn_span!("inner", b = 2u64, a = "x");
+        let inner = tracing::warn_span!("inner", b = 2u64, a = "x", c = ?Odd, d = -1i64);
         inner.in_scope(|| {
             tracing::warn!(error = %std::io::Error::other("no \"route\""), "failed: {}", 42);
             tracing::error!(parent: None, "explicit root");
         });
         let empty = tracing::info_span!("empty");
         empty.in_scope(|| tracing::debug!(x = 1u64));
+        let typed = tracing::info_span!("typed", a = 1.5f64, b = true, c = ?Odd, d = "s\"t");
+        typed.in_scope(|| tracing::info!("typed"));
+        let recorded = tracing::info_span!("recorded", a = 1u64, z = tracing::field::Empty);
+        recorded.record("z", "late");
+        recorded.in_scope(|| tracing::info!("recorded"));
     }
 
     /// The timestamp blanked: it is the one part that differs between runs.
@@ -282,13 +397,13 @@ mod tests {
         );
         tracing::subscriber::with_default(
             sub(ours.clone())
-                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .fmt_fields(JsonSpanFields)
                 .event_format(JsonLine)
                 .finish(),
             events,
         );
         let (stock, ours) = (lines(&stock), lines(&ours));
-        assert_eq!(stock.len(), 5);
+        assert_eq!(stock.len(), 7);
         for (s, o) in stock.iter().zip(&ours) {
             assert_eq!(o, s);
         }
