@@ -281,6 +281,10 @@ struct Escaped<'a, 'w>(&'a mut Writer<'w>);
 
 impl fmt::Write for Escaped<'_, '_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Most values (ids, names, scopes) need no escaping at all.
+        if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+            return self.0.write_str(s);
+        }
         let mut start = 0;
         for (i, b) in s.bytes().enumerate() {
             let named = match b {
