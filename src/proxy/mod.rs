@@ -283,6 +283,31 @@ impl Proxy {
 mod tests {
     use super::*;
 
+    fn config(upstream: &str) -> ProxyConfig {
+        ProxyConfig {
+            upstream: upstream.parse().unwrap(),
+            timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            require_header: true,
+        }
+    }
+
+    /// An https upstream gets TLS with the platform's trust store (as with
+    /// reqwest before); the target keeps the base path and the query.
+    #[tokio::test]
+    async fn https_and_http_upstreams_set_up_and_targets_stay_under_the_base() {
+        for url in ["https://api.example:8443/v1/", "http://127.0.0.1:8300"] {
+            Proxy::new(&config(url)).unwrap();
+        }
+        let p = Proxy::new(&config("http://127.0.0.1:8300/v1/")).unwrap();
+        assert_eq!(p.target("/a/b", Some("x=1")).unwrap(), "/v1/a/b?x=1");
+        assert_eq!(p.target("", None).unwrap(), "/v1");
+        let root = Proxy::new(&config("http://127.0.0.1:8300")).unwrap();
+        assert_eq!(root.target("", None).unwrap(), "/");
+        assert_eq!(root.target("/x", None).unwrap(), "/x");
+        assert!(root.target("/../x", None).is_err());
+    }
+
     #[test]
     fn headers_named_in_connection_are_removed_with_the_hop_by_hop_set() {
         let mut h = HeaderMap::new();
