@@ -15,7 +15,19 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
-REL = os.path.join(ROOT, "target", "release")
+
+
+def target_dir():
+    """Where cargo puts builds ($CARGO_TARGET_DIR, config, wrappers): cargo says."""
+    try:
+        out = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return json.loads(out)["target_directory"]
+    except (OSError, subprocess.CalledProcessError, ValueError, KeyError):
+        return os.path.join(ROOT, "target")
+
+
+REL = os.path.join(target_dir(), "release")
 AUTHPROXY = os.path.join(REL, "authproxy")
 UPSTREAM = os.path.join(REL, "examples", "environment_api")
 MINT = os.path.join(REL, "examples", "mint_tokens")
@@ -59,10 +71,15 @@ def status(pid):
 
 
 def cpu_seconds(pid):
-    """User + system CPU time consumed so far by a process."""
+    """User + system CPU time consumed so far by a process (all its threads)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pinned(cpu):
+    """The command prefix that runs a program on CPU `cpu` only (none: anywhere)."""
+    return [] if cpu is None else ["taskset", "-c", str(cpu)]
 
 
 def rss_mib(pid):
@@ -76,7 +93,7 @@ def peak_mib(pid):
 class Stack:
     """A sidecar (app/web) with proxy mode on, and the example upstream."""
 
-    def __init__(self, reuse=True, extra_env=None):
+    def __init__(self, reuse=True, extra_env=None, pin=None):
         self.dir = tempfile.mkdtemp(prefix="authproxy-bench-")
         self.state = os.path.join(self.dir, "state")
         self.sidecar_port = free_port()
@@ -94,7 +111,7 @@ class Stack:
         env.update(extra_env or {})
         t0 = time.perf_counter()
         self.sidecar = subprocess.Popen(
-            [AUTHPROXY, "serve", "--config", "config/authproxy.toml", "--log-format", "json"],
+            pinned(pin) + [AUTHPROXY, "serve", "--config", "config/authproxy.toml", "--log-format", "json"],
             cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
         wait_http(self.sidecar_url + "/readyz")
         self.ready_ms = (time.perf_counter() - t0) * 1000
@@ -161,3 +178,91 @@ def machine():
     with open("/proc/meminfo") as f:
         total = int(f.readline().split()[1]) / 1024 / 1024
     return f"{os.cpu_count()} cores ({cpu}), {total:.0f} GiB"
+
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def ensure_nginx():
+    """nginx is the bench's reference proxy: installed from the Debian
+    package when missing (as root), else a clear failure."""
+    global NGINX
+    if os.path.exists(NGINX):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "update"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "nginx"], check=True)
+        NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(NGINX):
+        raise SystemExit("nginx is required for the proxy comparison: apt-get install -y nginx")
+
+
+NGINX_CONF = """worker_processes 1;
+daemon off;
+master_process on;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  upstream api {{
+    server {upstream};
+    keepalive 64;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location /api/ {{
+      proxy_pass http://api/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer {token}";
+      # Addressed to the proxy, as with the sidecar: not forwarded.
+      proxy_set_header X-Authproxy-Request "";
+    }}
+  }}
+}}
+"""
+
+
+class Nginx:
+    """nginx doing the sidecar's proxy job: one worker, a keep-alive pool to
+    the upstream, a fixed `Authorization` header holding `token`."""
+
+    def __init__(self, upstream_url, token, pin=None):
+        ensure_nginx()
+        self.dir = tempfile.mkdtemp(prefix="authproxy-nginx-")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(dir=self.dir, port=self.port, token=token,
+                                      upstream=upstream_url.split("://", 1)[1]))
+        self.proc = subprocess.Popen(pinned(pin) + [NGINX, "-p", self.dir, "-c", conf],
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("nginx did not come up; see " + os.path.join(self.dir, "error.log"))
+                time.sleep(0.01)
+
+    def pids(self):
+        """The master and its worker."""
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            return [self.proc.pid] + [int(p) for p in f.read().split()]
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)

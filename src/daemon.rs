@@ -117,7 +117,7 @@ pub enum StartupError {
         /// The config file.
         config: PathBuf,
         /// Why.
-        source: reqwest::Error,
+        source: crate::proxy::SetupError,
     },
 }
 

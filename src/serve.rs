@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::Router;
+use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::http::Request;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -103,17 +105,25 @@ fn is_conflict(e: &std::io::Error) -> bool {
     )
 }
 
-/// Serves `app` on every listener until `shutdown` completes; then stops
-/// accepting, lets in-flight requests finish (idle keep-alive connections
-/// close at once) and returns after at most `limits.shutdown_grace`.
-/// Handlers can extract `ConnectInfo<SocketAddr>`. The connection limits
-/// are shared by all listeners.
-pub async fn serve(
+/// Serves `app` (a router, or any service like one) on every listener
+/// until `shutdown` completes; then stops accepting, lets in-flight
+/// requests finish (idle keep-alive connections close at once) and returns
+/// after at most `limits.shutdown_grace`. Handlers can extract
+/// `ConnectInfo<SocketAddr>`. The connection limits are shared by all
+/// listeners.
+pub async fn serve<S>(
     listeners: Vec<tokio::net::TcpListener>,
-    app: Router,
+    app: S,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -159,7 +169,7 @@ pub async fn serve(
             let app = app.clone();
             async move {
                 Ok::<_, Infallible>(
-                    app.oneshot(req.map(axum::body::Body::new))
+                    app.oneshot(req.map(Body::new))
                         .await
                         .unwrap_or_else(|e| match e {}),
                 )

@@ -6,7 +6,6 @@
 //! ceiling *is* the grant's scope: a renewal and a reload cannot leave a
 //! ceiling and a grant that disagree, nor a key its grant does not bind.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use authproxy_core::ScopeSet;
@@ -14,7 +13,7 @@ use authproxy_core::grant::Grant;
 use authproxy_core::keys::{KeyError, PublicKey, SigningKey, random_id};
 use authproxy_core::proof;
 use authproxy_core::shared::Shared;
-use authproxy_core::token::{MintError, MintRequest, Minted, mint};
+use authproxy_core::token::{MintError, MintRequest, Minted, Minter};
 
 /// Most distinct (scope, ttl) entries the reuse cache holds before it sweeps.
 const CACHE_SWEEP_AT: usize = 64;
@@ -28,18 +27,26 @@ pub struct TokenSettings {
     pub reuse: bool,
 }
 
-/// A sidecar key and the grant that binds it: swapped together.
-#[derive(Debug)]
-struct Signer {
-    key: Arc<SigningKey>,
-    grant: Arc<Grant>,
-}
-
 /// A sidecar's key, grant and reuse cache. Cheap to share behind an `Arc`.
+///
+/// The key and the grant that binds it are swapped together, as one
+/// [`Minter`] (which also holds what they fix in every token, rendered).
 pub struct Sidecar {
     settings: TokenSettings,
-    signer: Shared<Signer>,
-    cache: Mutex<HashMap<(String, u64), Arc<Minted>>>,
+    signer: Shared<Minter>,
+    cache: Mutex<Vec<Cached>>,
+}
+
+/// A token in the reuse cache, with the scope and lifetime it was asked for.
+///
+/// The cache is a short list searched in order (a sidecar asks for a few
+/// distinct scopes at most): a lookup compares sets instead of formatting
+/// the scope into a string key, which the proxy would do on every request.
+#[derive(Debug)]
+struct Cached {
+    scope: ScopeSet,
+    ttl_secs: u64,
+    minted: Arc<Minted>,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -64,33 +71,30 @@ impl Sidecar {
     pub fn new(key: SigningKey, grant: Grant, settings: TokenSettings) -> Self {
         Self {
             settings,
-            signer: Shared::new(Signer {
-                key: Arc::new(key),
-                grant: Arc::new(grant),
-            }),
-            cache: Mutex::new(HashMap::new()),
+            signer: Shared::new(Minter::new(Arc::new(key), Arc::new(grant))),
+            cache: Mutex::new(Vec::new()),
         }
     }
 
     /// The public half of the current sidecar key, which grants bind.
     pub fn public_key(&self) -> PublicKey {
-        self.signer.load().key.public().clone()
+        self.signer.load().key().public().clone()
     }
 
     /// The current grant.
     pub fn grant(&self) -> Arc<Grant> {
-        Arc::clone(&self.signer.load().grant)
+        Arc::clone(self.signer.load().grant())
     }
 
     /// The workload's authorizations: the current grant's scope.
     pub fn ceiling(&self) -> Arc<ScopeSet> {
-        self.signer.load().grant.shared_scope()
+        self.signer.load().grant().shared_scope()
     }
 
     /// Installs a new grant for the current key; tokens minted under the
     /// old one are no longer handed out.
     pub fn install(&self, grant: Grant) {
-        let key = Arc::clone(&self.signer.load().key);
+        let key = Arc::clone(self.signer.load().key());
         self.store(key, grant);
     }
 
@@ -102,10 +106,7 @@ impl Sidecar {
     }
 
     fn store(&self, key: Arc<SigningKey>, grant: Grant) {
-        self.signer.store(Signer {
-            key,
-            grant: Arc::new(grant),
-        });
+        self.signer.store(Minter::new(key, Arc::new(grant)));
         self.lock_cache().clear();
     }
 
@@ -113,12 +114,12 @@ impl Sidecar {
     /// (see [`authproxy_core::proof`]).
     pub fn prove(&self, nonce: &str) -> Result<String, KeyError> {
         let signer = self.signer.load();
-        proof::prove(&signer.key, &signer.grant, nonce)
+        proof::prove(signer.key(), signer.grant(), nonce)
     }
 
     /// Ready means: holds a grant valid now.
     pub fn is_ready(&self, now: u64) -> bool {
-        self.signer.load().grant.is_valid_at(now)
+        self.signer.load().grant().is_valid_at(now)
     }
 
     /// Hands out a token for `scope` (already checked against the ceiling by
@@ -147,26 +148,33 @@ impl Sidecar {
         ttl_secs: u64,
         now: u64,
     ) -> Result<Issued, MintError> {
-        let cache_key = (scope.to_string(), ttl_secs);
         let mut cache = self.lock_cache();
-        if let Some(hit) = cache.get(&cache_key) {
-            let c = &hit.claims;
+        if let Some(hit) = cache
+            .iter()
+            .find(|c| c.ttl_secs == ttl_secs && c.scope == *scope)
+        {
+            let c = &hit.minted.claims;
             let life = c.exp.saturating_sub(c.iat);
             if c.exp.saturating_sub(now) * 2 >= life && now >= c.iat {
                 return Ok(Issued {
-                    minted: Arc::clone(hit),
+                    minted: Arc::clone(&hit.minted),
                     reused: true,
                 });
             }
         }
         let minted = self.mint_fresh(scope, ttl_secs, now)?.minted;
+        cache.retain(|c| c.ttl_secs != ttl_secs || c.scope != *scope);
         if cache.len() >= CACHE_SWEEP_AT {
-            cache.retain(|_, m| m.claims.exp > now);
+            cache.retain(|c| c.minted.claims.exp > now);
             if cache.len() >= CACHE_SWEEP_AT {
                 cache.clear();
             }
         }
-        cache.insert(cache_key, Arc::clone(&minted));
+        cache.push(Cached {
+            scope: scope.clone(),
+            ttl_secs,
+            minted: Arc::clone(&minted),
+        });
         Ok(Issued {
             minted,
             reused: false,
@@ -180,10 +188,7 @@ impl Sidecar {
         ttl_secs: u64,
         now: u64,
     ) -> Result<Issued, MintError> {
-        let signer = self.signer.load();
-        let minted = mint(
-            &signer.key,
-            &signer.grant,
+        let minted = self.signer.load().mint(
             MintRequest {
                 audience: &self.settings.audience,
                 scope,
@@ -201,7 +206,7 @@ impl Sidecar {
         })
     }
 
-    fn lock_cache(&self) -> MutexGuard<'_, HashMap<(String, u64), Arc<Minted>>> {
+    fn lock_cache(&self) -> MutexGuard<'_, Vec<Cached>> {
         // A panic while holding the lock cannot leave the map inconsistent
         // (every operation on it is a single call), so recover from poison.
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)

@@ -22,10 +22,11 @@ pub struct BodyIdle(pub Duration);
 pub(crate) struct IdleTimeout<B> {
     inner: B,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
-    /// Whether the timer runs: only while the body is being polled for a
-    /// frame, so a client that reads slowly is not counted against the
-    /// upstream.
+    /// Made at the first wait: a body whose frames are always there when
+    /// asked for (most small responses) never touches the timer wheel.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether the timer runs: only while the body is being waited for, so
+    /// a client that reads slowly is not counted against the upstream.
     waiting: bool,
 }
 
@@ -34,7 +35,7 @@ impl<B> IdleTimeout<B> {
         Self {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
             waiting: false,
         }
     }
@@ -53,22 +54,24 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.waiting = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let idle = this.idle;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
         if !this.waiting {
-            this.timer.as_mut().reset(Instant::now() + this.idle);
+            timer.as_mut().reset(Instant::now() + idle);
             this.waiting = true;
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.waiting = false;
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                tracing::warn!(idle = ?this.idle, "upstream body stalled; cutting the client connection");
+                Poll::Ready(Some(Err(Box::new(BodyIdle(this.idle)))))
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    tracing::warn!(idle = ?this.idle, "upstream body stalled; cutting the client connection");
-                    Poll::Ready(Some(Err(Box::new(BodyIdle(this.idle)))))
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => Poll::Pending,
         }
     }
 

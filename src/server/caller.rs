@@ -7,7 +7,9 @@
 
 use std::net::SocketAddr;
 
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderName, header};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The caller policy (`server.allow_remote_peers`).
 #[derive(Debug, Clone, Copy)]
@@ -36,8 +38,8 @@ impl CallerPolicy {
                 );
             }
         }
-        for h in ["forwarded", "x-forwarded-for"] {
-            if headers.contains_key(h) {
+        for h in [header::FORWARDED, X_FORWARDED_FOR] {
+            if headers.contains_key(&h) {
                 return Err(format!(
                     "proxied requests ({h} header) are refused: tokens are issued to local workloads only"
                 ));
@@ -77,7 +79,7 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
         }
     } else {
         match host.rsplit_once(':') {
-            Some((name, port)) if valid_port(&format!(":{port}")) => name,
+            Some((name, port)) if port.parse::<u16>().is_ok() => name,
             Some(_) => return false,
             None => host,
         }

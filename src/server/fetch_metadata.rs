@@ -6,12 +6,15 @@
 //! route, whatever it carries. Programs send no such header, or (Node's
 //! `fetch`) `Sec-Fetch-Mode: cors`, which passes.
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
+
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
 
 /// `Err(why)` when the request is a browser's cross-site request, navigation
 /// or `no-cors` load.
 pub(crate) fn check(headers: &HeaderMap) -> Result<(), &'static str> {
-    for site in headers.get_all("sec-fetch-site") {
+    for site in headers.get_all(SEC_FETCH_SITE) {
         let allowed = site.to_str().is_ok_and(|s| {
             let s = s.trim();
             s.eq_ignore_ascii_case("same-origin") || s.eq_ignore_ascii_case("none")
@@ -20,7 +23,7 @@ pub(crate) fn check(headers: &HeaderMap) -> Result<(), &'static str> {
             return Err("requests a browser sends for another site (Sec-Fetch-Site) are refused");
         }
     }
-    for mode in headers.get_all("sec-fetch-mode") {
+    for mode in headers.get_all(SEC_FETCH_MODE) {
         let refused = mode.to_str().map_or(true, |m| {
             let m = m.trim();
             m.eq_ignore_ascii_case("navigate") || m.eq_ignore_ascii_case("no-cors")

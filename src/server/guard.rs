@@ -19,7 +19,7 @@ pub(crate) async fn every_request(req: Request, next: Next) -> Response {
 }
 
 /// Why a request head is refused on every route.
-fn check(headers: &HeaderMap) -> Result<(), TokenError> {
+pub(crate) fn check(headers: &HeaderMap) -> Result<(), TokenError> {
     // RFC 9112 §3.2: more than one Host is a 400. With two, the loopback
     // check could read one name and something downstream the other.
     if headers.get_all(header::HOST).iter().nth(1).is_some() {

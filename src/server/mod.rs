@@ -13,17 +13,24 @@ mod guard;
 mod rate_limit;
 mod token;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
 use authproxy_core::clock;
+use authproxy_core::token::Minted;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
+use futures_util::future::Either;
 use serde::Serialize;
+use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -88,13 +95,26 @@ struct AppState {
     body_read_timeout: std::time::Duration,
     reload_grace: u64,
     workload_label: Arc<str>,
+    /// The proxy's last `Authorization` value and the token it carries.
+    bearer: Arc<Mutex<Option<Bearer>>>,
+}
+
+/// `Bearer <token>`, built once per token rather than once per request.
+#[derive(Debug)]
+struct Bearer {
+    minted: Arc<Minted>,
+    header: HeaderValue,
 }
 
 /// The sidecar's routes. The discovery document names the URL each caller
 /// reached (its `Host`), so the router needs no address of its own.
 pub fn router(services: Services) -> Router {
+    routes(app_state(services))
+}
+
+fn app_state(services: Services) -> AppState {
     let config = &services.config;
-    let state = AppState {
+    AppState {
         limiter: config
             .server
             .rate_limit
@@ -107,11 +127,15 @@ pub fn router(services: Services) -> Router {
         body_read_timeout: config.server.limits.body_read_timeout,
         reload_grace: config.trust.reload_grace.as_secs(),
         workload_label: config.workload.id.to_string().into(),
+        bearer: Arc::default(),
         sidecar: services.sidecar,
         source: services.source,
         proxy: services.proxy,
         metrics: services.metrics,
-    };
+    }
+}
+
+fn routes(state: AppState) -> Router {
     Router::new()
         .route(
             "/oauth2/token",
@@ -130,12 +154,107 @@ pub fn router(services: Services) -> Router {
         .route("/api/{*rest}", any(proxy))
         .with_state(state)
         .layer(axum::middleware::from_fn(guard::every_request))
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
-                .layer(TraceLayer::new_for_http().make_span_with(request_span))
-                .layer(PropagateRequestIdLayer::x_request_id()),
-        )
+        .layer(every_request())
+}
+
+/// What every request passes through, outermost first: its id (the
+/// client's `x-request-id` or a random one), its span, and the id echoed
+/// in the response. (Then the guard, [`guard::every_request`].)
+type EveryRequest = tower::layer::util::Stack<
+    PropagateRequestIdLayer,
+    tower::layer::util::Stack<
+        TraceLayer<SharedClassifier<ServerErrorsAsFailures>, MakeRequestSpan>,
+        tower::layer::util::Stack<SetRequestIdLayer<RandomRequestId>, tower::layer::util::Identity>,
+    >,
+>;
+
+type MakeRequestSpan = fn(&axum::http::Request<Body>) -> tracing::Span;
+
+fn every_request() -> tower::ServiceBuilder<EveryRequest> {
+    tower::ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span as MakeRequestSpan))
+        .layer(PropagateRequestIdLayer::x_request_id())
+}
+
+/// `/api/*` when the proxy is on: the guard and the proxy, without the
+/// router (whose matching, middleware and extractors cost a proxied request
+/// about a sixth of its instructions, bench/PROFILE.md). The router's
+/// `/api` routes call the same [`proxy`], behind the same layers.
+#[derive(Clone)]
+struct ProxyLane(AppState);
+
+impl tower::Service<Request<Body>> for ProxyLane {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            if let Err(e) = guard::check(req.headers()) {
+                return Ok(e.into_response());
+            }
+            // `serve` gives every request its peer.
+            let Some(&peer) = req.extensions().get::<ConnectInfo<SocketAddr>>() else {
+                return Ok(TokenError::Internal("no peer address".into()).into_response());
+            };
+            Ok(proxy(State(state), peer, req).await)
+        })
+    }
+}
+
+/// The lane behind the same layers as the router, its response body made
+/// an axum `Body` as the router makes it.
+type Lane = tower::util::MapResponse<
+    <EveryRequest as tower::Layer<ProxyLane>>::Service,
+    fn(axum::http::Response<LaneBody>) -> Response,
+>;
+
+type LaneBody = tower_http::trace::ResponseBody<
+    Body,
+    tower_http::classify::NeverClassifyEos<tower_http::classify::ServerErrorsFailureClass>,
+>;
+
+fn lane_response(res: axum::http::Response<LaneBody>) -> Response {
+    res.map(Body::new)
+}
+
+/// The sidecar's front door: the router, and the proxy lane for `/api/*`.
+#[derive(Clone)]
+struct Front {
+    router: Router,
+    lane: Option<Lane>,
+}
+
+impl tower::Service<Request<Body>> for Front {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<
+        <Router as tower::Service<Request<Body>>>::Future,
+        <Lane as tower::Service<Request<Body>>>::Future,
+    >;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both are always ready (the router says so; the lane's layers pass
+        // readiness through to `ProxyLane`, which is).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let path = req.uri().path();
+        match &mut self.lane {
+            // The paths the router's `/api` routes match.
+            Some(lane) if path == "/api" || path.starts_with("/api/") => {
+                Either::Right(lane.call(req))
+            }
+            _ => Either::Left(self.router.call(req)),
+        }
+    }
 }
 
 /// Serves the sidecar's routes on every listener until `shutdown`
@@ -153,11 +272,18 @@ pub async fn serve(
         return Err(std::io::Error::other("no listener to serve on"));
     }
     let limits = services.config.server.limits;
-    let app = router(services);
+    let state = app_state(services);
+    let front = Front {
+        lane: state.proxy.is_some().then(|| {
+            let lane = every_request().service(ProxyLane(state.clone()));
+            tower::ServiceExt::map_response(lane, lane_response as fn(_) -> _)
+        }),
+        router: routes(state),
+    };
     for addr in &addrs {
         tracing::info!(listen = %addr, "authproxy sidecar listening");
     }
-    crate::serve::serve(listeners, app, limits, shutdown).await
+    crate::serve::serve(listeners, front, limits, shutdown).await
 }
 
 /// One span per request, carrying its id (never headers: they may hold
@@ -168,7 +294,7 @@ pub async fn serve(
 fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
     let id = req
         .headers()
-        .get("x-request-id")
+        .get(crate::telemetry::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
     tracing::info_span!("request", id)
@@ -187,7 +313,7 @@ fn no_store_json<T: Serialize>(status: StatusCode, body: &T) -> Response {
 async fn proxy(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: axum::extract::Request,
+    req: Request<Body>,
 ) -> Response {
     if let Err(why) = state.caller.check(peer, req.headers()) {
         return TokenError::AccessDenied(why).into_response();
@@ -235,11 +361,26 @@ fn bearer_header(state: &AppState) -> Result<HeaderValue, ProxyError> {
     let issued = sidecar
         .issue_reusing(&ceiling, state.max_ttl, clock::now())
         .map_err(ProxyError::NoToken)?;
+    // A poisoned lock holds a whole value or none: each write is one assignment.
+    let mut cached = state.bearer.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(b) = cached
+        .as_ref()
+        .filter(|b| Arc::ptr_eq(&b.minted, &issued.minted))
+    {
+        return Ok(b.header.clone());
+    }
+    let mut value = Vec::with_capacity(7 + issued.minted.token.len());
+    value.extend_from_slice(b"Bearer ");
+    value.extend_from_slice(issued.minted.token.as_bytes());
     // A compact JWS is base64url and dots: always a valid header value.
-    let mut value = HeaderValue::from_str(&format!("Bearer {}", issued.minted.token))
+    let mut header = HeaderValue::from_maybe_shared(axum::body::Bytes::from(value))
         .map_err(|_| ProxyError::BadRequest("the token is not a header value"))?;
-    value.set_sensitive(true);
-    Ok(value)
+    header.set_sensitive(true);
+    *cached = Some(Bearer {
+        minted: issued.minted,
+        header: header.clone(),
+    });
+    Ok(header)
 }
 
 /// Parses a token request body as the token endpoint does (fuzzing).

@@ -14,7 +14,7 @@ use jsonwebtoken::jwk::{
     AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm,
     OctetKeyPairParameters, OctetKeyPairType, PublicKeyUse, ThumbprintHash,
 };
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, DecodingKey, Header};
 use serde::Serialize;
 
 /// Errors of key handling.
@@ -32,7 +32,6 @@ pub enum KeyError {
 /// An Ed25519 signing key with its public half precomputed.
 pub struct SigningKey {
     pair: Ed25519KeyPair,
-    encoding: EncodingKey,
     public: PublicKey,
 }
 
@@ -76,16 +75,8 @@ impl SigningKey {
     }
 
     fn from_pair(pair: Ed25519KeyPair) -> Result<Self, KeyError> {
-        let doc = pair
-            .to_pkcs8v1()
-            .map_err(|e| KeyError::Crypto(e.to_string()))?;
-        let encoding = EncodingKey::from_ed_der(doc.as_ref());
         let public = PublicKey::from_raw(pair.public_key().as_ref())?;
-        Ok(Self {
-            pair,
-            encoding,
-            public,
-        })
+        Ok(Self { pair, public })
     }
 
     /// The public half.
@@ -108,8 +99,26 @@ impl SigningKey {
         if embed_jwk {
             header.jwk = Some(self.public.bare_jwk());
         }
-        jsonwebtoken::encode(&header, claims, &self.encoding)
-            .map_err(|e| KeyError::Crypto(e.to_string()))
+        let header = serde_json::to_vec(&header).map_err(|e| KeyError::Crypto(e.to_string()))?;
+        let claims = serde_json::to_vec(claims).map_err(|e| KeyError::Crypto(e.to_string()))?;
+        let mut input = String::with_capacity((header.len() + claims.len()) * 4 / 3 + 96);
+        URL_SAFE_NO_PAD.encode_string(header, &mut input);
+        input.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims, &mut input);
+        Ok(self.finish_jws(input))
+    }
+
+    /// Completes a compact JWS: `signing_input` is `base64url(header) "."
+    /// base64url(payload)`, to which `"." base64url(signature)` is appended.
+    ///
+    /// Signs with the key pair held in memory. (`jsonwebtoken::encode`
+    /// rebuilt the pair from its PKCS#8 form on every call, deriving the
+    /// public key again: a second scalar multiplication per token.)
+    pub(crate) fn finish_jws(&self, mut signing_input: String) -> String {
+        let signature = self.pair.sign(signing_input.as_bytes());
+        signing_input.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut signing_input);
+        signing_input
     }
 }
 
@@ -151,6 +160,11 @@ impl PublicKey {
             }
             _ => None,
         }
+    }
+
+    /// The public key bytes, base64url: the JWK's `x`.
+    pub(crate) fn x(&self) -> &str {
+        &self.x
     }
 
     fn from_x(x: &str) -> Result<Self, KeyError> {

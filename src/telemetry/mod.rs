@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderValue, Request};
+use axum::http::{HeaderName, HeaderValue, Request};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -12,6 +12,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tower_http::request_id::{MakeRequestId, RequestId};
+
+mod json_log;
+
+pub use json_log::{JsonLine, JsonSpanFields};
 
 /// Labels of `authproxy_tokens_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +69,9 @@ pub struct SidecarMetrics {
     pub reload_failures: Counter,
     /// Grant renewals by result.
     pub grant_renewals: Family<RenewalLabels, Counter>,
+    /// `proxy_requests` by status class (index 1 for `1xx`, …), looked up
+    /// once: the family's lookup builds and hashes a label per request.
+    proxy_by_class: [std::sync::OnceLock<Counter>; 10],
 }
 
 /// Latency buckets from 10 µs to ~5 s.
@@ -124,6 +131,7 @@ impl Default for SidecarMetrics {
             grant_renewals.clone(),
         );
         Self {
+            proxy_by_class: Default::default(),
             grant_renewals,
             reload_failures,
             registry,
@@ -160,9 +168,14 @@ impl SidecarMetrics {
 
     /// Counts one proxied request.
     pub fn proxy_result(&self, status: u16, took: Duration) {
-        self.proxy_requests
-            .get_or_create(&ProxyLabels {
-                status: format!("{}xx", status / 100),
+        let class = usize::from(status / 100).min(9);
+        self.proxy_by_class[class]
+            .get_or_init(|| {
+                self.proxy_requests
+                    .get_or_create(&ProxyLabels {
+                        status: format!("{class}xx"),
+                    })
+                    .clone()
             })
             .inc();
         self.proxy_latency.observe(took.as_secs_f64());
@@ -186,16 +199,44 @@ impl SidecarMetrics {
     }
 }
 
-/// Random request ids (`x-request-id`), unless the client sent one.
+/// The request id header.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Random request ids (`x-request-id`), unless the client sent one: 128
+/// bits, base64url, like [`authproxy_core::keys::random_id`].
+///
+/// Not drawn from the CSPRNG per request (aws-lc's DRBG, 1.6 k instructions
+/// with its fork and reseed checks): a request id is a correlation handle,
+/// not a secret. SipHash under a key drawn once per process, over a
+/// counter: unique in the process, unguessable without the key, 0.2 k
+/// instructions.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RandomRequestId;
 
 impl MakeRequestId for RandomRequestId {
     fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&authproxy_core::keys::random_id())
+        HeaderValue::from_str(&request_id())
             .ok()
             .map(RequestId::new)
     }
+}
+
+fn request_id() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static KEY: OnceLock<std::hash::RandomState> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let key = KEY.get_or_init(std::hash::RandomState::new);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut bytes = [0u8; 16];
+    for (half, chunk) in [0u8, 1].into_iter().zip(bytes.chunks_exact_mut(8)) {
+        let mut h = key.build_hasher();
+        h.write_u64(n);
+        h.write_u8(half);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
 }
 
 /// Log output format.
@@ -219,7 +260,11 @@ pub fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(ansi).init(),
-        LogFormat::Json => builder.json().with_current_span(true).init(),
+        // The stock `json()` line, written by a leaner formatter.
+        LogFormat::Json => builder
+            .fmt_fields(JsonSpanFields)
+            .event_format(JsonLine)
+            .init(),
     }
 }
 
@@ -233,4 +278,22 @@ pub fn describe(e: &dyn std::error::Error) -> String {
         src = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_128_bit_base64url() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert_eq!(id.len(), 22, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
+        }
+    }
 }
