@@ -82,8 +82,9 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeySource {
-    /// `trust.issuers = [URL]`: the platform issuer's `URL/.well-known/jwks.json`.
-    Issuer(String),
+    /// `trust.issuers = [URL, …]`: the platform issuer's nodes — each
+    /// `URL/.well-known/jwks.json`, merged, and their revocation feed.
+    Issuers(Vec<String>),
     /// `trust.jwks_url`.
     JwksUrl(String),
     /// `trust.jwks_file`.
@@ -94,7 +95,11 @@ impl KeySource {
     /// The JWKS URL or file this source reads.
     pub fn describe(&self) -> String {
         match self {
-            Self::Issuer(url) => format!("{url}/.well-known/jwks.json"),
+            Self::Issuers(urls) => urls
+                .iter()
+                .map(|u| format!("{u}/.well-known/jwks.json"))
+                .collect::<Vec<_>>()
+                .join(", "),
             Self::JwksUrl(url) => url.clone(),
             Self::JwksFile(path) => path.display().to_string(),
         }
@@ -400,24 +405,16 @@ impl Validator<'_> {
             return Err(exactly_one());
         }
         let keys = if let Some(list) = issuers {
-            match list.as_slice() {
-                [] => return Err(self.invalid("trust.issuers", "is empty")),
-                [one] => {
-                    KeySource::Issuer(http_url(one).map_err(|p| self.invalid("trust.issuers", p))?)
-                }
-                // The layer reads one JWKS source; merging several issuers'
-                // key sets arrives with its multi-source support. Refused
-                // rather than silently trusting only the first.
-                several => {
-                    return Err(self.invalid(
-                        "trust.issuers",
-                        format!(
-                            "lists {} issuers; this version trusts one (the issuer's nodes share one JWKS: name its load-balanced URL)",
-                            several.len()
-                        ),
-                    ));
-                }
+            if list.is_empty() {
+                return Err(self.invalid("trust.issuers", "is empty"));
             }
+            // Several nodes (or issuers): their JWKS are merged and the
+            // revocation feed is read from the first that answers.
+            let urls = list
+                .iter()
+                .map(|u| http_url(u).map_err(|p| self.invalid("trust.issuers", p)))
+                .collect::<Result<Vec<_>, _>>()?;
+            KeySource::Issuers(urls)
         } else if let Some(url) = jwks_url {
             KeySource::JwksUrl(http_url(&url).map_err(|p| self.invalid("trust.jwks_url", p))?)
         } else if let Some(path) = jwks_file {
@@ -479,7 +476,7 @@ impl Validator<'_> {
         )?;
         let revocation_url = match raw.revocation_url.filter(|s| !s.trim().is_empty()) {
             None => None,
-            Some(_) if matches!(keys, KeySource::Issuer(_)) => {
+            Some(_) if matches!(keys, KeySource::Issuers(_)) => {
                 return Err(self.invalid(
                     "trust.revocation_url",
                     "is the issuer's own feed with `trust.issuers`: remove one of the two",
@@ -635,7 +632,7 @@ mod tests {
         );
         assert_eq!(
             c.trust.keys,
-            KeySource::Issuer("http://127.0.0.1:8400".into())
+            KeySource::Issuers(vec!["http://127.0.0.1:8400".into()])
         );
         assert_eq!(
             c.trust.keys.describe(),
@@ -685,13 +682,18 @@ mod tests {
     }
 
     #[test]
-    fn several_issuers_are_refused_rather_than_half_trusted() {
+    fn several_issuers_are_all_kept_and_a_bad_one_named() {
         let body = MINIMAL.replace(
             "jwks_url = \"http://127.0.0.1:8200/.well-known/jwks.json\"",
             "issuers = [\"http://a:8400\", \"http://b:8400\"]",
         );
-        let e = error_of(&body, &[]);
-        assert!(e.contains("`trust.issuers` lists 2 issuers"), "{e}");
+        let c = load(&body, &[]).unwrap();
+        assert_eq!(
+            c.trust.keys,
+            KeySource::Issuers(vec!["http://a:8400".into(), "http://b:8400".into()])
+        );
+        let bad = body.replace("http://b:8400", "ftp://b");
+        assert!(error_of(&bad, &[]).contains("`trust.issuers`"));
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl Verifier {
         builder = match trust.keys {
             // DESIGN §8: an issuer URL names its JWKS and its revocation
             // feed (so personal access tokens work).
-            KeySource::Issuer(url) => builder.issuer(url),
+            KeySource::Issuers(urls) => urls.into_iter().fold(builder, |b, url| b.issuer(url)),
             KeySource::JwksUrl(url) => builder.jwks_url(url),
             KeySource::JwksFile(path) => builder.jwks_file(path),
         };

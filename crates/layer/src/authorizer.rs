@@ -99,7 +99,8 @@ pub struct AuthorizerBuilder {
     metrics: Option<LayerMetrics>,
     pinned_roots: Option<Vec<String>>,
     initial_fetch_timeout: Duration,
-    feed: Option<(String, Option<String>)>,
+    /// Revocation feeds (tried in order) and where to report PAT usage.
+    feed: Vec<(String, Option<String>)>,
     revocation_poll: Duration,
     revocations_max_stale: Duration,
 }
@@ -111,11 +112,16 @@ impl AuthorizerBuilder {
     /// [`revocation_feed`](Self::revocation_feed)), and report the personal
     /// access tokens seen to `<url>/v1/pats/used` at most once a minute (the
     /// issuer's "last used").
+    ///
+    /// Call it once per issuer node to list several (DESIGN §8): their
+    /// JWKS are fetched and merged (see [`jwks_url`](Self::jwks_url)), and
+    /// the feed is read from the first node that answers — the nodes share
+    /// one store, so its cursor is the same on each.
     pub fn issuer(mut self, url: impl Into<String>) -> Self {
         let url: String = url.into();
         let base = url.trim_end_matches('/');
-        self.source = Some(KeySource::Url(format!("{base}/.well-known/jwks.json")));
-        self.feed = Some((
+        self = self.jwks_url(format!("{base}/.well-known/jwks.json"));
+        self.feed.push((
             format!("{base}/v1/revocations"),
             Some(format!("{base}/v1/pats/used")),
         ));
@@ -126,8 +132,9 @@ impl AuthorizerBuilder {
     /// `/v1/revocations`), every [`revocation_poll_interval`](Self::revocation_poll_interval).
     /// Without a feed, personal access tokens and tokens exchanged from
     /// them are refused: nothing could revoke them before they expire.
+    /// Call it again to list more feeds of the same store, tried in order.
     pub fn revocation_feed(mut self, url: impl Into<String>) -> Self {
-        self.feed = Some((url.into(), None));
+        self.feed.push((url.into(), None));
         self
     }
 
@@ -165,8 +172,15 @@ impl AuthorizerBuilder {
     /// (3) consecutive scheduled refreshes: whoever answers at the URL for a
     /// moment cannot take the real roots away. Fetches caused by unknown
     /// `kid`s never drop a key.
+    ///
+    /// Call it again to add more URLs (several issuer nodes, several
+    /// issuers): their keys are merged; a refresh some URLs of which fail
+    /// keeps the keys it cannot see and drops nothing.
     pub fn jwks_url(mut self, url: impl Into<String>) -> Self {
-        self.source = Some(KeySource::Url(url.into()));
+        match &mut self.source {
+            Some(KeySource::Urls(urls)) => urls.push(url.into()),
+            _ => self.source = Some(KeySource::Urls(vec![url.into()])),
+        }
         self
     }
 
@@ -280,23 +294,27 @@ impl AuthorizerBuilder {
             pinned,
             initial_fetch_timeout: self.initial_fetch_timeout,
         };
-        let revocations = match self.feed {
-            Some((url, usage_url)) => {
-                for u in std::iter::once(&url).chain(usage_url.as_ref()) {
-                    if !(u.starts_with("http://") || u.starts_with("https://")) {
-                        return Err(BuildError::Url(u.clone()));
-                    }
+        let revocations = if self.feed.is_empty() {
+            None
+        } else {
+            for u in self
+                .feed
+                .iter()
+                .flat_map(|(f, u)| std::iter::once(f).chain(u))
+            {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(BuildError::Url(u.clone()));
                 }
-                let feed = Revocations::new(FeedOptions {
-                    url,
-                    usage_url,
-                    poll_interval: self.revocation_poll,
-                    max_stale: self.revocations_max_stale,
-                })
-                .map_err(|e| BuildError::FeedClient(e.to_string()))?;
-                Some(Arc::new(feed))
             }
-            None => None,
+            let (urls, usage_urls) = self.feed.into_iter().unzip::<_, _, Vec<_>, Vec<_>>();
+            let feed = Revocations::new(FeedOptions {
+                urls,
+                usage_urls: usage_urls.into_iter().flatten().collect(),
+                poll_interval: self.revocation_poll,
+                max_stale: self.revocations_max_stale,
+            })
+            .map_err(|e| BuildError::FeedClient(e.to_string()))?;
+            Some(Arc::new(feed))
         };
         let keys = KeyStore::open(source, options).await?;
         if let Some(feed) = &revocations {
@@ -373,7 +391,7 @@ impl Authorizer {
             metrics: None,
             pinned_roots: None,
             initial_fetch_timeout: DEFAULT_INITIAL_FETCH_TIMEOUT,
-            feed: None,
+            feed: Vec::new(),
             revocation_poll: DEFAULT_REVOCATION_POLL,
             revocations_max_stale: DEFAULT_REVOCATIONS_MAX_STALE,
         }

@@ -29,9 +29,10 @@ const USAGE_REPORT_EVERY: u64 = 60;
 /// Where the feed is and how to read it.
 #[derive(Debug, Clone)]
 pub(crate) struct FeedOptions {
-    pub(crate) url: String,
-    /// Where to report PAT usage (`<issuer>/v1/pats/used`), if anywhere.
-    pub(crate) usage_url: Option<String>,
+    /// The feed of each issuer node, tried in order (they share a store).
+    pub(crate) urls: Vec<String>,
+    /// Where to report PAT usage (`<issuer>/v1/pats/used`), tried in order.
+    pub(crate) usage_urls: Vec<String>,
     pub(crate) poll_interval: Duration,
     pub(crate) max_stale: Duration,
 }
@@ -67,7 +68,7 @@ pub(crate) struct Revocations {
 impl std::fmt::Debug for Revocations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Revocations")
-            .field("url", &self.options.url)
+            .field("urls", &self.options.urls)
             .field("read_at", &self.read_at.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -107,7 +108,7 @@ impl Revocations {
 
     /// Notes that a PAT version was used, for the next usage report.
     pub(crate) fn note_used(&self, id: &str) {
-        if self.options.usage_url.is_none() {
+        if self.options.usage_urls.is_empty() {
             return;
         }
         let mut used = self
@@ -121,15 +122,27 @@ impl Revocations {
 
     /// Reads the feed once (from the cursor, or a snapshot first) and
     /// merges what it says; `now` is the time of the read.
+    /// Reads the first feed that answers.
     pub(crate) async fn poll(&self, now: u64) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for url in &self.options.urls {
+            match self.poll_one(url, now).await {
+                Ok(()) => return Ok(()),
+                Err(e) => errors.push(format!("{url}: {e}")),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    async fn poll_one(&self, feed_url: &str, now: u64) -> Result<(), String> {
         let cursor = self
             .cursor
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let url = match &cursor {
-            Some(c) => format!("{}?since={c}", self.options.url),
-            None => self.options.url.clone(),
+            Some(c) => format!("{feed_url}?since={c}"),
+            None => feed_url.to_owned(),
         };
         let mut res = self
             .client
@@ -187,9 +200,9 @@ impl Revocations {
 
     /// Sends the PAT ids seen since the last report, at most once a minute.
     async fn report_usage(&self, now: u64) {
-        let Some(url) = &self.options.usage_url else {
+        if self.options.usage_urls.is_empty() {
             return;
-        };
+        }
         if now.saturating_sub(self.reported_at.load(Ordering::Relaxed)) < USAGE_REPORT_EVERY {
             return;
         }
@@ -204,16 +217,19 @@ impl Revocations {
         }
         self.reported_at.store(now, Ordering::Relaxed);
         let body = serde_json::json!({ "ids": ids }).to_string();
-        let sent = self
-            .client
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
-        if let Err(e) = sent {
-            // Last-used is informational: a lost report is not retried.
-            tracing::debug!(error = %e, "PAT usage report failed");
+        for url in &self.options.usage_urls {
+            let sent = self
+                .client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(_) => return,
+                // Last-used is informational: the next node, then nothing.
+                Err(e) => tracing::debug!(error = %e, "PAT usage report failed"),
+            }
         }
     }
 }
@@ -228,14 +244,14 @@ pub(crate) async fn poll_loop(feed: Weak<Revocations>, every: Duration) {
         match feed.poll(now).await {
             Ok(()) => {
                 if failing_since.take().is_some() {
-                    tracing::info!(url = %feed.options.url, "revocation feed readable again");
+                    tracing::info!("revocation feed readable again");
                 }
             }
             Err(e) => {
                 // Log the first failure of a run, not one line per second.
                 if failing_since.is_none() {
                     failing_since = Some(now);
-                    tracing::warn!(url = %feed.options.url, error = %e,
+                    tracing::warn!(error = %e,
                         "revocation feed unreadable; personal access tokens are refused once it is stale");
                 }
             }

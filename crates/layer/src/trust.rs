@@ -79,8 +79,9 @@ pub(crate) enum KeySource {
     Static(Jwks),
     /// A JWKS file, re-read on refresh.
     File(PathBuf),
-    /// A JWKS URL (http or https), fetched on refresh.
-    Url(String),
+    /// One or several JWKS URLs (http or https; e.g. one per issuer
+    /// node), fetched on refresh; their keys are merged.
+    Urls(Vec<String>),
 }
 
 impl KeySource {
@@ -88,7 +89,7 @@ impl KeySource {
         match self {
             Self::Static(_) => "static keys".into(),
             Self::File(p) => p.display().to_string(),
-            Self::Url(u) => u.clone(),
+            Self::Urls(u) => u.join(", "),
         }
     }
 }
@@ -145,7 +146,7 @@ impl KeyStore {
     /// tried again with backoff until `initial_fetch_timeout` has passed.
     pub(crate) async fn open(source: KeySource, options: StoreOptions) -> Result<Self, JwksError> {
         let client = match &source {
-            KeySource::Url(_) => Some(
+            KeySource::Urls(_) => Some(
                 reqwest::Client::builder()
                     .timeout(Duration::from_secs(10))
                     // A JWKS endpoint that redirects elsewhere is not followed:
@@ -192,14 +193,14 @@ impl KeyStore {
     async fn first_fetch(&self, timeout: Duration) -> Result<RootKeys, JwksError> {
         // Static keys parse or do not: nothing to wait for.
         if timeout.is_zero() || !self.is_refreshable() {
-            return self.fetch().await;
+            return self.fetch().await.map(|(keys, _)| keys);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut delay = FIRST_RETRY_DELAY;
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let error = match tokio::time::timeout(remaining, self.fetch()).await {
-                Ok(Ok(keys)) => return Ok(keys),
+                Ok(Ok((keys, _))) => return Ok(keys),
                 Ok(Err(e)) => e,
                 Err(_) => {
                     return Err(JwksError::Fetch {
@@ -314,7 +315,11 @@ impl KeyStore {
 
     async fn refresh_locked(&self, state: &mut FetchState, trigger: Trigger) -> bool {
         match self.fetch().await {
-            Ok(fetched) => {
+            Ok((fetched, complete)) => {
+                // A fetch some of whose URLs failed may add keys but never
+                // drops one: the missing keys may be those of the node
+                // that did not answer.
+                let trigger = if complete { trigger } else { Trigger::OnDemand };
                 let keys = merge(&self.current(), fetched, &mut state.missing, trigger);
                 tracing::debug!(source = %self.source.name(), keys = keys.len(), "root keys refreshed");
                 self.replace(keys);
@@ -329,7 +334,10 @@ impl KeyStore {
         }
     }
 
-    async fn fetch(&self) -> Result<RootKeys, JwksError> {
+    /// Fetches the keys: for several URLs the union of those that
+    /// answered, with `false` when some did not (an error only when none
+    /// did).
+    async fn fetch(&self) -> Result<(RootKeys, bool), JwksError> {
         let name = self.source.name();
         let fetch_err = |message: String| JwksError::Fetch {
             source_name: name.clone(),
@@ -343,42 +351,44 @@ impl KeyStore {
                     .map_err(|e| fetch_err(e.to_string()))?;
                 parse_jwks(&bytes).map_err(fetch_err)?
             }
-            KeySource::Url(url) => {
-                let client = self
-                    .client
-                    .as_ref()
-                    .ok_or_else(|| fetch_err("no HTTP client".into()))?;
-                let mut res = client
-                    .get(url)
-                    .send()
-                    .await
-                    .map_err(|e| fetch_err(e.to_string()))?;
-                if !res.status().is_success() {
-                    return Err(fetch_err(format!("HTTP {}", res.status())));
-                }
-                if res
-                    .content_length()
-                    .is_some_and(|l| l > MAX_JWKS_BYTES as u64)
-                {
-                    return Err(fetch_err(TOO_LARGE.into()));
-                }
-                // Content-Length may be absent (chunked) or a lie: read
-                // chunk by chunk and stop at the cap, so a hostile or broken
-                // JWKS URL cannot make us buffer an endless body (#11 item 5).
-                let mut bytes = Vec::new();
-                while let Some(chunk) = res.chunk().await.map_err(|e| fetch_err(e.to_string()))? {
-                    if bytes.len() + chunk.len() > MAX_JWKS_BYTES {
-                        return Err(fetch_err(TOO_LARGE.into()));
+            KeySource::Urls(urls) => {
+                let mut union = RootKeys::new();
+                let mut last_error = None;
+                for url in urls {
+                    match self.fetch_url(url).await.and_then(|set| {
+                        let keys = set.usable_keys();
+                        if keys.is_empty() {
+                            Err(JwksError::NoUsableKeys(url.clone()))
+                        } else {
+                            Ok(keys)
+                        }
+                    }) {
+                        Ok(keys) => union.extend(keys),
+                        Err(e) => {
+                            if urls.len() > 1 {
+                                tracing::warn!(error = %e, "one JWKS URL failed; using the others");
+                            }
+                            last_error = Some(e);
+                        }
                     }
-                    bytes.extend_from_slice(&chunk);
                 }
-                parse_jwks(&bytes).map_err(fetch_err)?
+                if union.is_empty() {
+                    return Err(last_error.unwrap_or(JwksError::NoUsableKeys(name)));
+                }
+                let complete = last_error.is_none();
+                return self.pin(union, &name).map(|keys| (keys, complete));
             }
         };
-        let mut keys = set.usable_keys();
+        let keys = set.usable_keys();
         if keys.is_empty() {
             return Err(JwksError::NoUsableKeys(name));
         }
+        self.pin(keys, &name).map(|keys| (keys, true))
+    }
+
+    /// Keeps only the pinned roots, when roots are pinned.
+    fn pin(&self, mut keys: RootKeys, name: &str) -> Result<RootKeys, JwksError> {
+        let name = name.to_owned();
         if let Some(pinned) = &self.pinned {
             // With pins the JWKS only says which pinned roots are live:
             // whoever serves it cannot introduce a root of their own
@@ -395,6 +405,43 @@ impl KeyStore {
             }
         }
         Ok(keys)
+    }
+
+    /// One JWKS URL, read up to the cap.
+    async fn fetch_url(&self, url: &str) -> Result<Jwks, JwksError> {
+        let fetch_err = |message: String| JwksError::Fetch {
+            source_name: url.to_owned(),
+            message,
+        };
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| fetch_err("no HTTP client".into()))?;
+        let mut res = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| fetch_err(e.to_string()))?;
+        if !res.status().is_success() {
+            return Err(fetch_err(format!("HTTP {}", res.status())));
+        }
+        if res
+            .content_length()
+            .is_some_and(|l| l > MAX_JWKS_BYTES as u64)
+        {
+            return Err(fetch_err(TOO_LARGE.into()));
+        }
+        // Content-Length may be absent (chunked) or a lie: read
+        // chunk by chunk and stop at the cap, so a hostile or broken
+        // JWKS URL cannot make us buffer an endless body (#11 item 5).
+        let mut bytes = Vec::new();
+        while let Some(chunk) = res.chunk().await.map_err(|e| fetch_err(e.to_string()))? {
+            if bytes.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(fetch_err(TOO_LARGE.into()));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        parse_jwks(&bytes).map_err(fetch_err)
     }
 }
 
@@ -763,7 +810,7 @@ mod tests {
         let (url, written) = endless_jwks_server().await;
         let opened = tokio::time::timeout(
             Duration::from_secs(60),
-            KeyStore::open(KeySource::Url(url), opts(HOUR)),
+            KeyStore::open(KeySource::Urls(vec![url]), opts(HOUR)),
         )
         .await
         .expect("the fetch must end");

@@ -39,6 +39,8 @@ struct Issuer {
     down: bool,
     used: Vec<String>,
     polls: u64,
+    /// While true, the JWKS answers 503.
+    jwks_down: bool,
 }
 
 type Shared = Arc<Mutex<Issuer>>;
@@ -79,8 +81,12 @@ async fn used(State(s): State<Shared>, axum::Json(body): axum::Json<Value>) -> S
     StatusCode::NO_CONTENT
 }
 
-async fn jwks(State(s): State<Shared>) -> axum::Json<Value> {
-    axum::Json(s.lock().unwrap().jwks.clone().unwrap())
+async fn jwks(State(s): State<Shared>) -> (StatusCode, axum::Json<Value>) {
+    let s = s.lock().unwrap();
+    if s.jwks_down {
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({})));
+    }
+    (StatusCode::OK, axum::Json(s.jwks.clone().unwrap()))
 }
 
 /// Serves the fake issuer on 127.0.0.1:0; returns its base URL.
@@ -440,6 +446,59 @@ async fn pats_seen_are_reported_for_last_used() {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(2), "no usage report");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Several issuer nodes (#15): `.issuer(a).issuer(b)` trusts the roots of
+/// both (their JWKS merged), keeps a node's keys while only that node is
+/// down (a partial refresh drops nothing), and reads the revocation feed
+/// from the first node that answers.
+#[tokio::test]
+async fn several_issuer_nodes_keys_are_merged_and_the_feed_fails_over() {
+    let a = World::new().await;
+    let b = World::new().await;
+    let auth = Authorizer::builder()
+        .issuer(&a.url)
+        .issuer(&b.url)
+        .audience(AUD)
+        .environment("main")
+        .refresh_interval(Duration::from_millis(50))
+        .revocation_poll_interval(Duration::from_millis(100))
+        .revocations_max_stale(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let app = app(&auth);
+    let (from_a, _) = a.token("env:view");
+    let (from_b, _) = b.token("env:view");
+    for t in [&from_a, &from_b] {
+        assert_eq!(call(&app, "GET", "/environment", t).await.0, StatusCode::OK);
+    }
+    // Node A down, JWKS and feed: many scheduled refreshes later its root
+    // is still trusted, and B's feed is read instead.
+    {
+        let mut s = a.state.lock().unwrap();
+        s.jwks_down = true;
+        s.down = true;
+    }
+    let (pat, pat_id) = b.pat("ci", "main", "env:view");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        call(&app, "GET", "/environment", &from_a).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&app, "GET", "/environment", &pat).await.0,
+        StatusCode::OK
+    );
+    b.revoke("pat", &pat_id);
+    let start = Instant::now();
+    while call(&app, "GET", "/environment", &pat).await.0 != StatusCode::UNAUTHORIZED {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "B's feed not read"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

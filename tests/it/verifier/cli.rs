@@ -83,7 +83,7 @@ fn a_bad_config_exits_64_naming_the_file_and_the_key() {
             "issuers.toml",
             shipped.replace(
                 "issuers = [\"http://127.0.0.1:8400\"]",
-                "issuers = [\"http://a:8400\", \"http://b:8400\"]",
+                "issuers = [\"http://a:8400\", \"ftp://b:8400\"]",
             ),
             "`trust.issuers`",
         ),
