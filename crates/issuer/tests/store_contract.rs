@@ -105,7 +105,39 @@ contract!(
     a_credential_registers_once_with_its_versions_and_tasks,
     racing_claims_from_two_nodes_claim_each_task_once,
     one_task_at_a_time_per_credential_and_a_stale_claim_writes_nothing,
+    racing_pat_updates_from_two_nodes_apply_once,
 );
+
+/// Two nodes updating one PAT from the version they both read: one
+/// update applies, the version it replaced is fed once. (On SQLite every
+/// transaction begins IMMEDIATE: the losers wait for the lock, then see
+/// the version changed, instead of failing with "database is locked".)
+async fn racing_pat_updates_from_two_nodes_apply_once(b: Backend) {
+    const RACERS: usize = 8;
+    let nodes = [b.node().await, b.node().await];
+    create_pat(nodes[0].as_ref(), &pat("ci", "v0", T0 + 600)).await;
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let mut racers = Vec::new();
+    for i in 0..RACERS {
+        let node = Arc::clone(&nodes[i % 2]);
+        let barrier = Arc::clone(&barrier);
+        racers.push(tokio::spawn(async move {
+            barrier.wait().await;
+            node.update_pat(&pat_update("ci", "v0", &format!("r{i}")), T0 + 1)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut won = 0;
+    for r in racers {
+        if r.await.unwrap() == PatUpdated::Updated {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1, "every update read v0: one applies");
+    let feed = nodes[1].revocations_after(0, T0 + 2).await.unwrap();
+    assert_eq!(ids(&feed), [(1, "pat", "v0")], "v0 fed once");
+}
 
 fn env(name: &str) -> Environment {
     Environment::parse(name).unwrap()
@@ -1079,37 +1111,6 @@ mod postgres_only {
             scopes("env:view"),
             "the late sync wrote nothing"
         );
-    }
-
-    /// Two nodes updating one PAT from the version they both read: one
-    /// update applies, the version it replaced is fed once.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn racing_pat_updates_from_two_nodes_apply_once() {
-        const RACERS: usize = 8;
-        let b = Backend::postgres();
-        let nodes = [b.node().await, b.node().await];
-        create_pat(nodes[0].as_ref(), &pat("ci", "v0", T0 + 600)).await;
-        let barrier = Arc::new(Barrier::new(RACERS));
-        let mut racers = Vec::new();
-        for i in 0..RACERS {
-            let node = Arc::clone(&nodes[i % 2]);
-            let barrier = Arc::clone(&barrier);
-            racers.push(tokio::spawn(async move {
-                barrier.wait().await;
-                node.update_pat(&pat_update("ci", "v0", &format!("r{i}")), T0 + 1)
-                    .await
-                    .unwrap()
-            }));
-        }
-        let mut won = 0;
-        for r in racers {
-            if r.await.unwrap() == PatUpdated::Updated {
-                won += 1;
-            }
-        }
-        assert_eq!(won, 1, "every update read v0: one applies");
-        let feed = nodes[1].revocations_after(0, T0 + 2).await.unwrap();
-        assert_eq!(ids(&feed), [(1, "pat", "v0")], "v0 fed once");
     }
 
     /// The cursor is global and safe: while several nodes revoke at once, a

@@ -101,6 +101,13 @@ const SELECT_PATS: &str = "SELECT name, environment, scopes, jti, created_at, up
 /// How often at most a PAT's `last_used_at` is written.
 const TOUCH_INTERVAL: u64 = 60;
 
+/// How every transaction begins: `BEGIN IMMEDIATE` takes SQLite's write
+/// lock at once, so a transaction that reads then writes waits for another
+/// writer (the busy timeout) instead of failing with "database is locked"
+/// when it upgrades — which a deferred `BEGIN` does, the busy handler being
+/// skipped to avoid a deadlock. The task worker writes while requests do.
+pub(super) const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
 impl Store for SqliteStore {
     fn record_root_key<'a>(&'a self, key: &'a RootKeyRecord) -> StoreFuture<'a, ()> {
         Box::pin(async move {
@@ -144,7 +151,7 @@ impl Store for SqliteStore {
     fn sync_state<'a>(&'a self, env: &'a Environment) -> StoreFuture<'a, SyncState> {
         Box::pin(async move {
             // One read transaction: SQLite reads it from one snapshot.
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let version: Option<i64> = sqlx::query_scalar(sql::ENVIRONMENT_VERSION)
                 .bind(env.as_str())
                 .fetch_optional(&mut *tx)
@@ -174,7 +181,7 @@ impl Store for SqliteStore {
     ) -> StoreFuture<'a, SyncApplied> {
         Box::pin(async move {
             let env = changes.environment.as_str();
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             // The first statement writes, so SQLite takes the write lock
             // here (other writers wait for the busy timeout) and the
             // version check below sees every committed sync.
@@ -291,7 +298,7 @@ impl Store for SqliteStore {
 
     fn update_pat<'a>(&'a self, update: &'a PatUpdate, now: u64) -> StoreFuture<'a, PatUpdated> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let previous_expiry: Option<i64> =
                 sqlx::query_scalar("SELECT expires_at FROM pats WHERE name = ? AND jti = ?")
                     .bind(update.name.as_str())
@@ -336,7 +343,7 @@ impl Store for SqliteStore {
 
     fn delete_pat<'a>(&'a self, name: &'a PatName, now: u64) -> StoreFuture<'a, Option<PatRecord>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let row = sqlx::query(&format!("{SELECT_PATS} WHERE name = ?"))
                 .bind(name.as_str())
                 .fetch_optional(&mut *tx)
@@ -374,7 +381,7 @@ impl Store for SqliteStore {
                 return Ok(());
             }
             // One transaction: one commit (one fsync) per report, not per id.
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             for jti in jtis {
                 sqlx::query(
                     "UPDATE pats SET last_used_at = ? \
@@ -394,7 +401,7 @@ impl Store for SqliteStore {
     fn revocations_after(&self, after: u64, now: u64) -> StoreFuture<'_, RevocationsAfter> {
         Box::pin(async move {
             // One read transaction: the entries and the newest seq agree.
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let rows = sqlx::query(
                 "SELECT seq, kind, id, expires_at FROM revocations \
                  WHERE seq > ? AND expires_at > ? ORDER BY seq",

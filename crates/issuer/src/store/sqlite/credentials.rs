@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use sqlx::Row as _;
 use sqlx::sqlite::SqliteRow;
 
-use super::{SqliteStore, corrupt, environment, from_ts, ts};
+use super::{BEGIN_WRITE, SqliteStore, corrupt, environment, from_ts, ts};
 use crate::secret::SecretHash;
 use crate::store::{
     Claim, CredentialRecord, CredentialRegistration, CredentialStore, StoreError, StoreFuture,
@@ -156,7 +156,7 @@ impl CredentialStore for SqliteStore {
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let c = &registration.credential;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let inserted = sqlx::query(
                 "INSERT INTO credentials (id, kind, name, node, environment, created_at) \
                  VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
@@ -186,7 +186,7 @@ impl CredentialStore for SqliteStore {
 
     fn credentials(&self) -> StoreFuture<'_, Vec<CredentialRecord>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let rows = sqlx::query("SELECT * FROM credentials ORDER BY id")
                 .fetch_all(&mut *tx)
                 .await?;
@@ -212,7 +212,7 @@ impl CredentialStore for SqliteStore {
 
     fn credential<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<CredentialRecord>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let row = sqlx::query("SELECT * FROM credentials WHERE id = ?")
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -338,7 +338,7 @@ impl CredentialStore for SqliteStore {
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let now = ts(now);
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let still_processing = changes.status == TaskStatus::Processing;
             let fenced = sqlx::query(
                 "UPDATE credential_tasks SET status = ?, run_at = ?, errors = ?, \
