@@ -130,12 +130,18 @@ pub fn issue(
         jti,
     };
     let body = root.sign(PAT_TYP, &claims, false)?;
-    let mut value = String::with_capacity(PAT_PREFIX.len() + body.len() + CHECKSUM_LEN);
+    Ok((value_of(&body), claims))
+}
+
+/// The value carrying a signed body: prefix, body, checksum (the inverse
+/// of [`body`]).
+fn value_of(signed_body: &str) -> String {
+    let mut value = String::with_capacity(PAT_PREFIX.len() + signed_body.len() + CHECKSUM_LEN);
     value.push_str(PAT_PREFIX);
-    value.push_str(&body);
+    value.push_str(signed_body);
     let sum = checksum(&value);
     value.push_str(&sum);
-    Ok((value, claims))
+    value
 }
 
 /// True when `token` looks like a PAT (by prefix): the layer picks the
@@ -359,9 +365,7 @@ mod tests {
         let body = body(&value).unwrap();
         let (head, _sig) = body.rsplit_once('.').unwrap();
         let forged_body = format!("{head}.{}", "A".repeat(86));
-        let mut forged = format!("{PAT_PREFIX}{forged_body}");
-        let sum = checksum(&forged);
-        forged.push_str(&sum);
+        let forged = value_of(&forged_body);
         assert_eq!(
             verify(&forged, &roots(&root), &env("main"), 0, T0),
             Err(InvalidToken::BadSignature(Part::Pat))
@@ -380,10 +384,7 @@ mod tests {
             exp: T0 + 60,
             jti: random_id(),
         };
-        let body = root.sign("grant+jwt", &claims, false).unwrap();
-        let mut value = format!("{PAT_PREFIX}{body}");
-        let sum = checksum(&value);
-        value.push_str(&sum);
+        let value = value_of(&root.sign("grant+jwt", &claims, false).unwrap());
         assert_eq!(
             verify(&value, &roots(&root), &env("main"), 0, T0),
             Err(InvalidToken::WrongType(Part::Pat))
@@ -402,10 +403,7 @@ mod tests {
             exp: T0 + MAX_PAT_LIFETIME + 1,
             jti: random_id(),
         };
-        let body = root.sign(PAT_TYP, &claims, false).unwrap();
-        let mut value = format!("{PAT_PREFIX}{body}");
-        let sum = checksum(&value);
-        value.push_str(&sum);
+        let value = value_of(&root.sign(PAT_TYP, &claims, false).unwrap());
         assert_eq!(
             verify(&value, &roots(&root), &env("main"), 0, T0),
             Err(InvalidToken::TooLongLived)
